@@ -1,0 +1,427 @@
+"""CIFAR-10 on disk -> validated uint8 arrays -> tf.data pipelines.
+
+Finding the data (`find_source`), in this order:
+  1. `data_dir` (the `--data-dir` flag): a folder holding `cifar-10-batches-py/`, that folder
+     itself, a folder holding `cifar-10-python.tar.gz`, or the archive's own path;
+  2. `$CIFAR10_DIR`, read the same way;
+  3. Keras' cache (`$KERAS_HOME` or `~/.keras`, under `datasets/`);
+  4. the official archive, downloaded once into Keras' cache with its md5 checked.
+
+Reading never executes a pickle: the batch files are unpickled with an unpickler that knows
+numpy's array reconstruction and nothing else. What was read is validated (shapes, dtype,
+labels, class counts) with the file at fault named, then cached as `.npy` files outside the
+repository (`$CIFAR10_CACHE`, else `$XDG_CACHE_HOME/cifar10-keras`, else
+`~/.cache/cifar10-keras`), so the second load is a plain `np.load`.
+
+Preprocessing constants live here and nowhere else.
+"""
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import tempfile
+import time
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
+               "dog", "frog", "horse", "ship", "truck")
+NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)
+# Size of the official files; a set of this size must also have the official class balance.
+OFFICIAL_COUNTS = {"train": 50000, "test": 10000}
+
+# Per-channel (R, G, B) mean and standard deviation of the 50,000 official training images,
+# in [0, 1] units: the values used across the CIFAR literature (e.g. kuangliu/pytorch-cifar).
+# Fixed rather than recomputed per run so that every run, and every member of an ensemble,
+# sees identical inputs. tests/test_data.py checks them against the real set where present.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+PREPROCESSING = ("standardize", "scale")  # (x - mean) / std, or x / 255
+AUGMENTATIONS = ("standard", "none")  # pad 4 + random 32x32 crop + random flip, or nothing
+PAD = 4
+
+CACHE_VERSION = 1
+
+
+class DataError(Exception):
+    """The data set could not be found, read or validated; the message says where and why."""
+
+
+# --------------------------------------------------------------------------- reading
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Resolves numpy's array reconstruction and refuses every other global, so nothing runs."""
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refers to {module}.{name}, which is not numpy array data")
+
+
+def parse_batch(raw: bytes, where: str):
+    """Parses one CIFAR batch pickle; returns (images uint8 NHWC, labels uint8)."""
+    try:
+        batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError, KeyError, MemoryError) as e:
+        raise DataError(f"{where}: not a CIFAR batch file ({e})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{where}: not a CIFAR batch file (holds a {type(batch).__name__}, not a dict)")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise DataError(f"{where}: missing 'data' or 'labels' (has {sorted(batch)})")
+    data, labels = batch["data"], batch["labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{where}: 'data' must be a uint8 array; got {kind}")
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{where}: 'data' must have shape (N, 3072); got {data.shape}")
+    try:
+        labels = np.asarray(labels)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: 'labels' is not a list of integers ({e})") from None
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
+        raise DataError(f"{where}: 'labels' must be {len(data)} integers; got {labels.dtype} "
+                        f"with shape {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{where}: labels must lie in 0..{NUM_CLASSES - 1}; "
+                        f"found {labels.min()}..{labels.max()}")
+    # The rows are R, G and B planes of 32x32, row-major: NCHW -> NHWC as Keras' loader does.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.uint8)
+
+
+def _validate_split(split, images, labels, files):
+    where = ", ".join(files)
+    if len(images) == 0:
+        raise DataError(f"{where}: the {split} set is empty")
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    missing = [CLASS_NAMES[c] for c in range(NUM_CLASSES) if counts[c] == 0]
+    if missing:
+        raise DataError(f"{where}: the {split} set has no images of class {', '.join(missing)}")
+    if len(images) == OFFICIAL_COUNTS[split]:
+        expected = OFFICIAL_COUNTS[split] // NUM_CLASSES
+        if not (counts == expected).all():
+            raise DataError(f"{where}: a full CIFAR-10 {split} set has {expected} images per class; "
+                            f"got {counts.tolist()}")
+
+
+class _Folder:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def read(self, name):
+        path = self.path / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing (expected the CIFAR-10 batch files {', '.join(TRAIN_BATCHES)}, "
+                            f"{TEST_BATCH} in {self.path})")
+        return path.read_bytes(), str(path)
+
+
+class _Archive:
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            with tarfile.open(self.path, "r:gz") as tar:
+                self.members = {}
+                for m in tar:  # reads the whole stream, so a truncated archive fails here
+                    if m.isfile() and m.size and Path(m.name).parent.name == BATCHES_DIR:
+                        self.members[Path(m.name).name] = tar.extractfile(m).read()
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{self.path}: truncated or corrupt archive ({type(e).__name__}: {e})") from None
+
+    def read(self, name):
+        where = f"{self.path}:{BATCHES_DIR}/{name}"
+        if name not in self.members:
+            raise DataError(f"{where}: missing from the archive")
+        return self.members[name], where
+
+
+def read_source(source):
+    """Reads and validates a CIFAR-10 folder or archive: (x_train, y_train, x_test, y_test)."""
+    source = Path(source)
+    reader = _Archive(source) if source.is_file() else _Folder(source)
+    splits = {}
+    for split, names in (("train", TRAIN_BATCHES), ("test", (TEST_BATCH,))):
+        parts, files = [], []
+        for name in names:
+            raw, where = reader.read(name)
+            parts.append(parse_batch(raw, where))
+            files.append(where)
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        _validate_split(split, images, labels, files)
+        splits[split] = (images, labels)
+    return (*splits["train"], *splits["test"])
+
+
+# --------------------------------------------------------------------------- finding
+
+def _resolve(path):
+    """The folder of batch files or the archive that `path` designates, or None."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    for candidate in (path / BATCHES_DIR, path):
+        if (candidate / TEST_BATCH).is_file() or (candidate / TRAIN_BATCHES[0]).is_file():
+            return candidate
+    if (path / ARCHIVE_NAME).is_file():
+        return path / ARCHIVE_NAME
+    return None
+
+
+def keras_cache_dir():
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets"
+
+
+def _keras_cache_candidates():
+    cache = keras_cache_dir()
+    # Keras 3 extracts to cifar-10-batches-py-target/; Keras 2 extracted to cifar-10-batches-py/.
+    return [cache / "cifar-10-batches-py-target", cache / BATCHES_DIR, cache / ARCHIVE_NAME]
+
+
+def download(url=OFFICIAL_URL, md5=OFFICIAL_MD5, dest_dir=None, timeout=30):
+    """Downloads the archive into Keras' cache, checks its md5 and returns its path."""
+    dest_dir = Path(dest_dir or keras_cache_dir())
+    dest = dest_dir / ARCHIVE_NAME
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    print(f"Downloading CIFAR-10 from {url} to {dest}", flush=True)
+    digest = hashlib.md5()
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".download-")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if total:
+                    print(f"\r  {done >> 20} / {total >> 20} MiB", end="", flush=True)
+        print(flush=True)
+        if digest.hexdigest() != md5:
+            raise DataError(f"download from {url} has md5 {digest.hexdigest()}, expected {md5}; "
+                            "nothing was kept")
+        os.replace(tmp, dest)
+    except (OSError, ValueError) as e:
+        raise DataError(f"could not download {url} ({e})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def find_source(data_dir=None, allow_download=True, url=None):
+    """The folder or archive to read, searched in the documented order; may download."""
+    looked = []
+    for label, path in (("--data-dir", data_dir), ("$CIFAR10_DIR", os.environ.get("CIFAR10_DIR"))):
+        if path:
+            found = _resolve(path)
+            if found is None:
+                raise DataError(f"{label} {path}: no CIFAR-10 there (expected {BATCHES_DIR}/ with the "
+                                f"batch files, or {ARCHIVE_NAME})")
+            return found
+        looked.append(f"{label} (not given)")
+    for candidate in _keras_cache_candidates():
+        found = _resolve(candidate) if candidate.exists() else None
+        if found is not None:
+            return found
+        looked.append(str(candidate))
+    url = url or os.environ.get("CIFAR10_URL") or OFFICIAL_URL
+    if allow_download:
+        try:
+            return download(url)
+        except DataError as e:
+            looked.append(f"download: {e}")
+    else:
+        looked.append("download: disabled")
+    raise DataError("CIFAR-10 not found; looked in: " + "; ".join(looked) + f". Download {OFFICIAL_URL} "
+                    "and pass --data-dir (the archive, or the folder holding it or "
+                    f"{BATCHES_DIR}/), or set CIFAR10_DIR")
+
+
+# --------------------------------------------------------------------------- caching
+
+def cache_root():
+    if os.environ.get("CIFAR10_CACHE"):
+        return Path(os.environ["CIFAR10_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cifar10-keras"
+
+
+def _fingerprint(source):
+    files = [source] if source.is_file() else [source / n for n in (*TRAIN_BATCHES, TEST_BATCH)]
+    parts = [CACHE_VERSION, str(source.resolve())]
+    for f in files:
+        if f.is_file():  # a missing file is reported by the read that follows
+            st = f.stat()
+            parts += [f.name, st.st_size, st.st_mtime_ns]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _save_cache(folder, arrays):
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        for name, array in zip(_ARRAYS, arrays):
+            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+        os.replace(tmp, folder)  # a whole folder or nothing: a killed writer leaves only .tmp-*
+    except OSError:
+        for f in tmp.glob("*"):
+            f.unlink()
+        tmp.rmdir()
+        if not folder.is_dir():
+            raise
+
+
+def _load_cache(folder):
+    try:
+        arrays = tuple(np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS)
+    except (OSError, ValueError):
+        return None
+    x_train, y_train, x_test, y_test = arrays
+    ok = (x_train.dtype == x_test.dtype == np.uint8 and x_train.shape[1:] == x_test.shape[1:] == IMAGE_SHAPE
+          and y_train.shape == (len(x_train),) and y_test.shape == (len(x_test),))
+    return arrays if ok else None
+
+
+@dataclass
+class Cifar10:
+    x_train: np.ndarray  # uint8 (N, 32, 32, 3)
+    y_train: np.ndarray  # uint8 (N,)
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+
+def load_cifar10(data_dir=None, allow_download=True, url=None, verbose=True):
+    """Finds, reads, validates and caches CIFAR-10; see the module docstring."""
+    source = find_source(data_dir, allow_download, url)
+    folder = cache_root() / _fingerprint(source)
+    arrays = _load_cache(folder) if folder.is_dir() else None
+    if arrays is None:
+        start = time.perf_counter()
+        arrays = read_source(source)
+        try:
+            _save_cache(folder, arrays)
+        except OSError as e:
+            print(f"warning: could not cache CIFAR-10 in {folder} ({e}); it will be read again next time")
+        if verbose:
+            print(f"Read CIFAR-10 from {source} in {time.perf_counter() - start:.1f} s "
+                  f"(cached in {folder})", flush=True)
+    return Cifar10(*arrays, source=str(source))
+
+
+# --------------------------------------------------------------------------- splitting
+
+def stratified_split(labels, val_count, seed):
+    """Indices (train, val): `val_count` images with the class proportions of `labels`, seeded."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not isinstance(val_count, (int, np.integer)) or not 0 <= val_count < n:
+        raise ValueError(f"the validation split must be a whole number from 0 to {n - 1}; got {val_count!r}")
+    rng = np.random.default_rng([seed, 1])
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    exact = counts * val_count / n
+    quota = np.floor(exact).astype(int)
+    # Largest remainders take the images that flooring left over (ties to the lower class).
+    for c in np.argsort(-(exact - quota), kind="stable")[: val_count - quota.sum()]:
+        quota[c] += 1
+    val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in enumerate(quota)])
+    val = np.sort(val)
+    train = np.setdiff1d(np.arange(n), val, assume_unique=True)
+    return train, val
+
+
+# --------------------------------------------------------------------------- pipelines
+
+def _tf():
+    import tensorflow as tf  # imported here so that reading data does not need TensorFlow
+    return tf
+
+
+def preprocess(images, mode):
+    """uint8 (or float 0..255) images -> float32 network input, per `mode` (see PREPROCESSING)."""
+    tf = _tf()
+    x = tf.cast(images, tf.float32) / 255.0
+    if mode == "standardize":
+        return (x - tf.constant(CIFAR10_MEAN)) / tf.constant(CIFAR10_STD)
+    if mode == "scale":
+        return x
+    raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSING)}; got {mode!r}")
+
+
+def augment_batch(images, seed):
+    """Pad 4 with zeros, take a random 32x32 crop and flip half of the images, for a whole batch.
+
+    Works on uint8 pixels, so the padding is black as in torchvision's RandomCrop(32, 4). Every
+    image gets its own offsets and flip from a stateless generator keyed by `seed` (shape [2]), so
+    the same seed gives the same batch whatever the pipeline's parallelism.
+    """
+    tf = _tf()
+    h, w = images.shape[1], images.shape[2]
+    n = tf.shape(images)[0]
+    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
+    offsets = tf.random.stateless_uniform([n, 2], seed, maxval=2 * PAD + 1, dtype=tf.int32)
+    flip = tf.random.stateless_uniform([n], seed + 1, maxval=2, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(h)[None, :]
+    cols = offsets[:, 1:] + tf.range(w)[None, :]
+    # A flip reads the crop's columns right to left, so crop and flip are one gather.
+    cols = tf.where(flip[:, None] == 1, tf.reverse(cols, axis=[1]), cols)
+    crops = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(crops, cols, axis=2, batch_dims=1)
+
+
+def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", augment="none",
+                 shuffle=False, seed=0, epoch=0):
+    """A tf.data pipeline of (float32 images, one-hot float32 labels) batches.
+
+    For training, pass `shuffle=True` and the epoch: the order and the augmentation of each epoch
+    are fixed by (seed, epoch), so a resumed run sees exactly the epochs it would have seen.
+    Images stay uint8 in memory and are gathered, augmented and normalised a batch at a time.
+    """
+    tf = _tf()
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}; got {augment!r}")
+    if preprocess_mode not in PREPROCESSING:
+        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSING)}; got {preprocess_mode!r}")
+    n = len(images)
+    order = np.random.default_rng([seed, 2, epoch]).permutation(n) if shuffle else np.arange(n)
+    x = tf.constant(images)
+    y = tf.one_hot(tf.constant(labels, tf.int32), NUM_CLASSES)
+    augment_seed = tf.constant([seed, epoch], tf.int64)
+
+    def load(step, index):
+        batch = tf.gather(x, index)
+        if augment == "standard":
+            batch = augment_batch(batch, tf.random.experimental.stateless_fold_in(augment_seed, step))
+        return preprocess(batch, preprocess_mode), tf.gather(y, index)
+
+    ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int32)).batch(batch_size).enumerate()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

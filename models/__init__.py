@@ -1,0 +1,7 @@
+"""CIFAR architectures. Importing this package registers every family."""
+
+from models import (  # noqa: F401  (registration side effects)
+    densenet, lenet, nin, preact_resnet, resnet, resnet18, resnext, vgg, wrn)
+from models.registry import create_model, get_entry, get_recipe, list_models, register
+
+__all__ = ["create_model", "get_entry", "get_recipe", "list_models", "register"]

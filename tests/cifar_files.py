@@ -1,0 +1,81 @@
+"""Writes small CIFAR-10 sets in the official on-disk format (python-version pickles, tar.gz)."""
+
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+CLASS_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
+               b"dog", b"frog", b"horse", b"ship", b"truck"]
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str` (SHORT_BINSTRING / BINSTRING), as the official files have them.
+
+    Python 3's protocol 2 would wrap bytes in `_codecs.encode` calls instead, which no real
+    CIFAR file contains (and which our loader rightly refuses).
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_str
+
+
+def dump_py2(obj, f):
+    _Py2Pickler(f, protocol=2).dump(obj)
+
+
+# Ten colours far apart: the eight corners of a cube inside RGB space, mid-grey and one more.
+PALETTE = np.array([[r, g, b] for r in (40, 215) for g in (40, 215) for b in (40, 215)]
+                   + [[128, 128, 128], [40, 128, 215]])
+
+
+def images_for(labels, rng):
+    """Images whose class shows in their colour, so that a model can learn them quickly."""
+    x = PALETTE[labels][:, None, None, :] + rng.normal(0, 25, size=(len(labels), 32, 32, 3))
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def write_batch(path, images, labels, batch_label):
+    """One batch file exactly as the official archive has it (protocol 2, bytes keys, CHW rows)."""
+    record = {
+        b"batch_label": batch_label.encode(),
+        b"labels": [int(v) for v in labels],
+        b"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(images), 3072),
+        b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(images))],
+    }
+    with open(path, "wb") as f:
+        dump_py2(record, f)
+
+
+def write_cifar_folder(root, train_per_class=20, test_per_class=4, seed=0, images_fn=None):
+    """Writes root/cifar-10-batches-py/ and returns (folder, (x_train, y_train, x_test, y_test))."""
+    rng = np.random.default_rng(seed)
+    images_fn = images_fn or (lambda labels: images_for(labels, rng))
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    y_train = rng.permutation(np.repeat(np.arange(10), train_per_class)).astype(np.uint8)
+    y_test = rng.permutation(np.repeat(np.arange(10), test_per_class)).astype(np.uint8)
+    x_train, x_test = images_fn(y_train), images_fn(y_test)
+    for i, (xs, ys) in enumerate(zip(np.array_split(x_train, 5), np.array_split(y_train, 5)), start=1):
+        write_batch(folder / f"data_batch_{i}", xs, ys, f"training batch {i} of 5")
+    write_batch(folder / "test_batch", x_test, y_test, "testing batch 1 of 1")
+    with open(folder / "batches.meta", "wb") as f:
+        dump_py2({b"num_cases_per_batch": len(x_test), b"label_names": CLASS_NAMES, b"num_vis": 3072}, f)
+    return folder, (x_train, y_train, x_test, y_test)
+
+
+def write_archive(folder, archive_path):
+    """Packs a cifar-10-batches-py/ folder as cifar-10-python.tar.gz is packed."""
+    with tarfile.open(archive_path, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return Path(archive_path)

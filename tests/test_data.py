@@ -1,0 +1,276 @@
+import hashlib
+import http.server
+import pickle
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+import data
+from cifar_files import dump_py2, write_archive, write_batch, write_cifar_folder
+
+
+def assert_arrays(loaded, expected):
+    x_train, y_train, x_test, y_test = expected
+    np.testing.assert_array_equal(loaded.x_train, x_train)
+    np.testing.assert_array_equal(loaded.y_train, y_train)
+    np.testing.assert_array_equal(loaded.x_test, x_test)
+    np.testing.assert_array_equal(loaded.y_test, y_test)
+    assert loaded.x_train.dtype == np.uint8 and loaded.x_train.shape[1:] == (32, 32, 3)
+
+
+@pytest.mark.parametrize("form", ["parent", "batches", "archive", "archive_parent"])
+def test_loads_every_documented_form(form, tiny_cifar, tiny_archive):
+    root, arrays = tiny_cifar
+    archive, _ = tiny_archive
+    path = {"parent": root, "batches": root / "cifar-10-batches-py", "archive": archive,
+            "archive_parent": archive.parent}[form]
+    assert_arrays(data.load_cifar10(path, verbose=False), arrays)
+
+
+def test_identical_to_keras_loader(tmp_path, monkeypatch):
+    """Keras' own loader parses the same files (full-size batches, which it insists on) the same way."""
+    import keras.src.datasets.cifar10 as keras_cifar10
+
+    rng = np.random.default_rng(1)
+    folder, _ = write_cifar_folder(tmp_path, train_per_class=5000, test_per_class=1000,
+                                   images_fn=lambda labels: rng.integers(0, 256, (len(labels), 32, 32, 3), np.uint8))
+    monkeypatch.setattr(keras_cifar10, "get_file", lambda *a, **k: str(tmp_path))
+    (kx_train, ky_train), (kx_test, ky_test) = keras_cifar10.load_data()
+    ours = data.load_cifar10(tmp_path, verbose=False)
+    np.testing.assert_array_equal(ours.x_train, kx_train)
+    np.testing.assert_array_equal(ours.y_train, ky_train[:, 0])
+    np.testing.assert_array_equal(ours.x_test, kx_test)
+    np.testing.assert_array_equal(ours.y_test, ky_test[:, 0])
+
+
+class _Payload:
+    """Unpickling this would create a file: what a malicious batch file does."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_malicious_pickle_is_refused_and_nothing_runs(tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    victim = tmp_path / "pwned"
+    with open(copy / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        dump_py2({b"data": _Payload(str(victim)), b"labels": [0]}, f)
+    # Python's own unpickler really would run it:
+    pickle.loads(pickle.dumps(_Payload(str(tmp_path / "control"))))
+    assert (tmp_path / "control").exists()
+    with pytest.raises(data.DataError, match=r"data_batch_3: not a CIFAR batch file \(refers to io.open"):
+        data.load_cifar10(copy, verbose=False)
+    assert not victim.exists()
+
+
+def test_truncated_archive_is_named(tiny_archive, tmp_path):
+    archive, _ = tiny_archive
+    cut = tmp_path / "cifar-10-python.tar.gz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(data.DataError, match=r"cifar-10-python.tar.gz: truncated or corrupt archive"):
+        data.load_cifar10(cut, verbose=False)
+
+
+def test_missing_batch_is_named(tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    shutil.copytree(root, tmp_path / "d")
+    (tmp_path / "d" / "cifar-10-batches-py" / "data_batch_4").unlink()
+    with pytest.raises(data.DataError, match=r"data_batch_4: missing"):
+        data.load_cifar10(tmp_path / "d", verbose=False)
+    archive = write_archive(tmp_path / "d" / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz")
+    with pytest.raises(data.DataError, match=r"tar.gz:cifar-10-batches-py/data_batch_4: missing"):
+        data.load_cifar10(archive, verbose=False)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({b"data": np.zeros((4, 3000), np.uint8), b"labels": [0, 1, 2, 3]}, r"shape \(N, 3072\); got \(4, 3000\)"),
+    ({b"data": np.zeros((4, 3072), np.float32), b"labels": [0, 1, 2, 3]}, r"uint8 array; got float32"),
+    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2]}, r"'labels' must be 4 integers"),
+    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}, r"labels must lie in 0..9"),
+    ({b"labels": [0]}, r"missing 'data' or 'labels'"),
+])
+def test_bad_batch_contents_are_named(record, message, tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    shutil.copytree(root, tmp_path / "d")
+    with open(tmp_path / "d" / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        dump_py2(record, f)
+    with pytest.raises(data.DataError, match=r"test_batch: .*" + message):
+        data.load_cifar10(tmp_path / "d", verbose=False)
+
+
+def test_missing_class_is_reported(tmp_path):
+    folder, _ = write_cifar_folder(tmp_path)
+    x = np.zeros((10, 32, 32, 3), np.uint8)
+    write_batch(folder / "test_batch", x, np.arange(10) % 9, "test")
+    with pytest.raises(data.DataError, match=r"test_batch: the test set has no images of class truck"):
+        data.load_cifar10(tmp_path, verbose=False)
+
+
+def test_second_load_reads_the_cache(tiny_cifar, monkeypatch):
+    root, arrays = tiny_cifar
+    data.load_cifar10(root, verbose=False)
+
+    def fail(*args):
+        raise AssertionError("read the source again instead of the cache")
+
+    monkeypatch.setattr(data, "read_source", fail)
+    assert_arrays(data.load_cifar10(root, verbose=False), arrays)
+    assert any(data.cache_root().iterdir())
+
+
+def test_changed_source_is_read_again(tmp_path):
+    write_cifar_folder(tmp_path / "a", seed=1)
+    first = data.load_cifar10(tmp_path / "a", verbose=False)
+    shutil.rmtree(tmp_path / "a")
+    _, arrays = write_cifar_folder(tmp_path / "a", seed=2)
+    second = data.load_cifar10(tmp_path / "a", verbose=False)
+    assert not np.array_equal(first.x_train, second.x_train)
+    assert_arrays(second, arrays)
+
+
+def test_search_order(tiny_cifar, tmp_path, monkeypatch):
+    root, arrays = tiny_cifar
+    monkeypatch.setenv("CIFAR10_DIR", str(root))
+    assert data.find_source() == root / "cifar-10-batches-py"
+    other, _ = write_cifar_folder(tmp_path / "other", seed=3)
+    assert data.find_source(tmp_path / "other") == other  # --data-dir comes first
+    monkeypatch.delenv("CIFAR10_DIR")
+    keras_copy = data.keras_cache_dir() / "cifar-10-batches-py-target"
+    shutil.copytree(root, keras_copy)
+    try:
+        assert data.find_source() == keras_copy / "cifar-10-batches-py"
+    finally:
+        shutil.rmtree(keras_copy)
+
+
+def test_not_found_names_every_place(tmp_path, monkeypatch):
+    with pytest.raises(data.DataError) as info:
+        data.find_source()
+    message = str(info.value)
+    for place in ("--data-dir", "$CIFAR10_DIR", "cifar-10-batches-py-target", "download", "--data-dir"):
+        assert place in message
+    assert "\n" not in message
+    with pytest.raises(data.DataError, match=r"--data-dir .*nowhere: no CIFAR-10 there"):
+        data.find_source(tmp_path / "nowhere")
+
+
+@pytest.fixture
+def local_server(tiny_archive):
+    """Serves the tiny archive on 127.0.0.1 only."""
+    archive, _ = tiny_archive
+    payload = archive.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz", hashlib.md5(payload).hexdigest()
+    server.shutdown()
+
+
+def test_download_checks_md5(local_server, tmp_path):
+    url, md5 = local_server
+    with pytest.raises(data.DataError, match=r"has md5 .*, expected 0+; nothing was kept"):
+        data.download(url, md5="0" * 32, dest_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+    path = data.download(url, md5=md5, dest_dir=tmp_path)
+    assert path == tmp_path / "cifar-10-python.tar.gz"
+    assert hashlib.md5(path.read_bytes()).hexdigest() == md5
+
+
+def test_constants_match_the_real_training_set(real_archive):
+    d = data.load_cifar10(real_archive, verbose=False)
+    assert d.x_train.shape == (50000, 32, 32, 3) and d.x_test.shape == (10000, 32, 32, 3)
+    x = d.x_train.reshape(-1, 3) / 255.0
+    # The shared copy is partly JPEG-decoded, which blurs: the std comes out slightly lower.
+    np.testing.assert_allclose(x.mean(axis=0), data.CIFAR10_MEAN, atol=3e-3)
+    np.testing.assert_allclose(x.std(axis=0), data.CIFAR10_STD, atol=5e-3)
+
+
+# --------------------------------------------------------------------------- split and pipeline
+
+def test_split_is_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(10), [500, 500, 500, 500, 500, 500, 500, 500, 500, 497])
+    train, val = data.stratified_split(labels, 1000, seed=0)
+    assert len(val) == 1000 and len(train) == len(labels) - 1000
+    assert not set(train) & set(val) and set(train) | set(val) == set(range(len(labels)))
+    counts = np.bincount(labels[val], minlength=10)
+    assert counts.min() >= 99 and counts.max() <= 101
+    again = data.stratified_split(labels, 1000, seed=0)[1]
+    other = data.stratified_split(labels, 1000, seed=1)[1]
+    np.testing.assert_array_equal(val, again)
+    assert not np.array_equal(val, other)
+    assert len(data.stratified_split(labels, 0, seed=0)[1]) == 0
+    with pytest.raises(ValueError, match="whole number from 0 to"):
+        data.stratified_split(labels, len(labels), seed=0)
+
+
+def _batches(ds):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_pipeline_normalises_and_keeps_order_without_shuffle(tiny_cifar):
+    _, (x, y, _, _) = tiny_cifar
+    images, onehot = _batches(data.make_dataset(x, y, 64))
+    assert images.shape == (200, 32, 32, 3) and images.dtype == np.float32
+    np.testing.assert_array_equal(onehot.argmax(1), y)
+    expected = (x / 255.0 - np.array(data.CIFAR10_MEAN)) / np.array(data.CIFAR10_STD)
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    scaled, _ = _batches(data.make_dataset(x, y, 64, preprocess_mode="scale"))
+    np.testing.assert_allclose(scaled, x / 255.0, atol=1e-6)
+
+
+def test_augmentation_is_a_padded_crop_or_its_mirror(tiny_cifar):
+    _, (x, y, _, _) = tiny_cifar
+    aug, onehot = _batches(data.make_dataset(x, y, 50, preprocess_mode="scale", augment="standard"))
+    aug = np.rint(aug * 255).astype(np.uint8)
+    padded = np.pad(x, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    changed = flipped = 0
+    for i in range(len(x)):
+        crops = [padded[i, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        plain = any(np.array_equal(aug[i], crop) for crop in crops)
+        mirror = any(np.array_equal(aug[i], crop[:, ::-1]) for crop in crops)
+        assert plain or mirror, f"image {i} is not a crop of its padded original"
+        changed += not np.array_equal(aug[i], x[i])
+        flipped += mirror and not plain
+    assert changed > 150 and 50 < flipped < 150
+    np.testing.assert_array_equal(onehot.argmax(1), y)
+
+
+def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch(tiny_cifar):
+    _, (x, y, _, _) = tiny_cifar
+
+    def run(seed, epoch):
+        return _batches(data.make_dataset(x, y, 32, augment="standard", shuffle=True, seed=seed, epoch=epoch))
+
+    a, b = run(0, 3), run(0, 3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    c = run(0, 4)
+    assert not np.array_equal(a[1], c[1])
+    assert sorted(a[1].argmax(1)) == sorted(y)  # every image once per epoch
+
+
+def test_pipeline_rejects_unknown_modes(tiny_cifar):
+    _, (x, y, _, _) = tiny_cifar
+    with pytest.raises(ValueError, match="augment must be one of standard, none"):
+        data.make_dataset(x, y, 8, augment="cutmix")
+    with pytest.raises(ValueError, match="preprocess must be one of standardize, scale"):
+        data.make_dataset(x, y, 8, preprocess_mode="zca")

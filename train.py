@@ -1,0 +1,499 @@
+"""Train a CIFAR-10 model: `python train.py --model resnet20`.
+
+The one training loop of the project. `train(...)` is what the ablation series, the schedule
+comparison, the benchmarks and the tests call; `main(argv)` is the command line around it.
+
+Settings resolve in three layers: the model's recipe (models/, next to each family), then any
+flag given; what the recipe does not set falls back to DEFAULTS. `config.json` records each
+value and where it came from.
+
+A run folder holds:
+  config.json      resolved settings, their sources, versions, data source
+  state.json       the commit point of the last completed epoch (what resume reads)
+  history.csv      one row per completed epoch, with the learning rate it started at
+  tensorboard/     the same per-epoch figures for TensorBoard
+  last.keras       the model after the last completed epoch (with optimizer state)
+  best.keras       the model of the epoch with the highest validation accuracy
+  checkpoints/     the files last.keras and best.keras are links to
+  metrics.json     written once, when the run is finished
+Every file is written to a temporary name and renamed into place, so killing the process at any
+moment leaves each file either old or new, never half-written. Running the same command again
+resumes after the last completed epoch; re-running a finished run leaves it as it is.
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import data  # noqa: E402
+import models  # noqa: E402
+from htd import schedules  # noqa: E402
+
+# What a recipe does not say. Flags override both.
+DEFAULTS = dict(
+    epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0,
+    schedule="step", lr_milestones=None, lr_factor=[0.1], htd_bounds=[-6.0, 3.0], warmup_epochs=0,
+    min_lr=0.0, lr_gamma=None, schedule_per="step",
+    preprocess="standardize", augment="standard", val_split=5000, split_seed=0, seed=0,
+)
+SETTINGS = tuple(DEFAULTS)
+# Settings that may differ between the command that started a run and the one resuming it.
+RESUME_FREE = ()
+
+
+class TrainError(Exception):
+    """A problem the user can fix: bad settings, missing data, an unusable run folder."""
+
+
+# --------------------------------------------------------------------------- settings
+
+def _scale_milestones(milestones, factor, recipe_epochs, epochs):
+    """The recipe's milestones stretched to `epochs`, dropping those that fall outside."""
+    scaled = [round(m * epochs / recipe_epochs) for m in milestones]
+    keep = [i for i, m in enumerate(scaled) if 0 < m < epochs and (i == 0 or m > scaled[i - 1])]
+    factor = [factor[i] for i in keep] if len(factor) == len(milestones) > 1 else factor
+    return [scaled[i] for i in keep], factor
+
+
+def resolve_settings(model, **overrides):
+    """(settings, sources): the recipe of `model`, with `overrides` (None = not given) on top."""
+    try:
+        recipe = models.get_recipe(model)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    unknown = set(overrides) - set(SETTINGS)
+    if unknown:
+        raise TrainError(f"unknown settings {sorted(unknown)}; known: {', '.join(SETTINGS)}")
+    settings, sources = {"model": model}, {"model": "flag"}
+    for key in SETTINGS:
+        if overrides.get(key) is not None:
+            settings[key], sources[key] = overrides[key], "flag"
+        elif key in recipe:
+            settings[key], sources[key] = recipe[key], "recipe"
+        else:
+            settings[key], sources[key] = DEFAULTS[key], "default"
+    for key in ("lr_milestones", "lr_factor", "htd_bounds"):
+        if settings[key] is not None and not isinstance(settings[key], list):
+            settings[key] = list(settings[key]) if isinstance(settings[key], tuple) else [settings[key]]
+    if (sources["epochs"] == "flag" and sources["lr_milestones"] == "recipe"
+            and settings["epochs"] != recipe.get("epochs")):
+        settings["lr_milestones"], factor = _scale_milestones(
+            settings["lr_milestones"], settings["lr_factor"], recipe["epochs"], settings["epochs"])
+        if sources["lr_factor"] == "recipe":
+            settings["lr_factor"] = factor
+        sources["lr_milestones"] = f"recipe, scaled from {recipe['epochs']} to {settings['epochs']} epochs"
+    _validate(settings)
+    return settings, sources
+
+
+def _validate(s):
+    def positive_int(key):
+        if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] <= 0:
+            raise TrainError(f"{key.replace('_', ' ')} must be a positive whole number; got {s[key]!r}")
+
+    positive_int("epochs")
+    positive_int("batch_size")
+    if not s["lr"] > 0:
+        raise TrainError(f"lr must be positive; got {s['lr']!r}")
+    if not 0 <= s["momentum"] < 1:
+        raise TrainError(f"momentum must be in [0, 1); got {s['momentum']!r}")
+    if not s["weight_decay"] >= 0:
+        raise TrainError(f"weight decay must be >= 0; got {s['weight_decay']!r}")
+    if isinstance(s["val_split"], bool) or not isinstance(s["val_split"], int) or s["val_split"] < 0:
+        raise TrainError(f"val split must be a whole number of images >= 0; got {s['val_split']!r}")
+    if s["preprocess"] not in data.PREPROCESSING:
+        raise TrainError(f"preprocess must be one of {', '.join(data.PREPROCESSING)}; got {s['preprocess']!r}")
+    if s["augment"] not in data.AUGMENTATIONS:
+        raise TrainError(f"augment must be one of {', '.join(data.AUGMENTATIONS)}; got {s['augment']!r}")
+    try:  # the schedule checks its own parameters; steps_per_epoch does not matter here
+        make_schedule(s, steps_per_epoch=1)
+    except ValueError as e:
+        raise TrainError(f"schedule: {e}") from None
+
+
+def make_schedule(s, steps_per_epoch):
+    return schedules.make_schedule(s["schedule"], base_lr=s["lr"], epochs=s["epochs"],
+                                   steps_per_epoch=steps_per_epoch,
+                                   **schedules.schedule_kwargs(argparse.Namespace(**s)))
+
+
+# --------------------------------------------------------------------------- files
+
+def _fsync_replace(tmp, path):
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_atomic(path, text):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    _fsync_replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_model(model, path):
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    _fsync_replace(tmp, path)
+
+
+def link_atomic(src, dst):
+    """Makes `dst` the same file as `src` (a hard link where possible, a copy otherwise)."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    _fsync_replace(tmp, dst)
+
+
+HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy",
+                  "train_seconds", "epoch_seconds")
+
+
+def history_csv(rows):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+class RunFolder:
+    """The files of one run, and the commit protocol that makes it resumable.
+
+    `state.json` is the commit point: an epoch is complete once the state naming its checkpoint
+    has been renamed into place. Everything else (last.keras, best.keras, history.csv) is derived
+    from the state and rebuilt from it on resume, so a kill between two writes loses nothing.
+    """
+
+    OWN = {"config.json", "state.json", "history.csv", "metrics.json", "last.keras", "best.keras",
+           "checkpoints", "tensorboard"}
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.ckpt_dir = self.path / "checkpoints"
+
+    def prepare(self):
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise TrainError(f"cannot write to run folder {self.path}: {e.strerror or e}") from None
+
+    def read_json(self, name):
+        path = self.path / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def foreign_files(self):
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in self.OWN and not p.name.startswith("."))
+
+    def commit(self, model, state, row, is_best):
+        epoch = row["epoch"]
+        name = f"epoch-{epoch:04d}.keras"
+        save_model(model, self.ckpt_dir / name)
+        state["history"].append(row)
+        state["epochs_completed"] = epoch
+        state["checkpoint"] = name
+        if is_best:
+            state["best"] = {"epoch": epoch, "val_accuracy": row["val_accuracy"], "checkpoint": name}
+        write_json(self.path / "state.json", state)
+        self.sync(state)
+
+    def sync(self, state):
+        """Brings the derived files in line with `state` and removes what it no longer names."""
+        keep = {state["checkpoint"]}
+        link_atomic(self.ckpt_dir / state["checkpoint"], self.path / "last.keras")
+        if state.get("best"):
+            keep.add(state["best"]["checkpoint"])
+            link_atomic(self.ckpt_dir / state["best"]["checkpoint"], self.path / "best.keras")
+        write_atomic(self.path / "history.csv", history_csv(state["history"]))
+        for f in self.ckpt_dir.iterdir():
+            if f.name not in keep:
+                f.unlink()
+        for f in self.path.glob(".*.tmp*"):
+            f.unlink()
+
+
+# --------------------------------------------------------------------------- training
+
+def build_model(settings, steps_per_epoch):
+    keras.utils.set_random_seed(settings["seed"])
+    model = models.create_model(settings["model"], num_classes=data.NUM_CLASSES,
+                                weight_decay=settings["weight_decay"])
+    optimizer = keras.optimizers.SGD(
+        learning_rate=make_schedule(settings, steps_per_epoch),
+        momentum=settings["momentum"], nesterov=settings["nesterov"])
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def current_lr(model):
+    optimizer = model.optimizer
+    lr = optimizer.learning_rate
+    if callable(getattr(optimizer, "_learning_rate", None)):
+        lr = optimizer._learning_rate(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+class Progress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, counting epochs out of the whole run (fit is called once an epoch)."""
+
+    def __init__(self, total_epochs):
+        super().__init__()
+        self.total_epochs = total_epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Times the training part of an epoch (up to the start of validation) and the whole epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.train_seconds = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self.train_seconds is None:
+            self.train_seconds = time.perf_counter() - self.start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.train_seconds is None:
+            self.train_seconds = time.perf_counter() - self.start
+        self.epoch_seconds = time.perf_counter() - self.start
+
+
+def _versions():
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__}
+
+
+def _describe_differences(old, new):
+    keys = sorted((set(old) | set(new)) - set(RESUME_FREE))
+    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+
+
+def default_run_dir(settings):
+    return Path("runs") / f"{settings['model']}-seed{settings['seed']}"
+
+
+def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbose="auto",
+          command=None, **overrides):
+    """Trains `model` with its recipe and `overrides`; returns the run's metrics.
+
+    `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity. Raises
+    TrainError for anything the user can fix.
+    """
+    settings, sources = resolve_settings(model, **overrides)
+    run = RunFolder(run_dir or default_run_dir(settings))
+
+    old_config = run.read_json("config.json")
+    if old_config is not None:
+        diffs = _describe_differences(old_config["settings"], settings)
+        if diffs:
+            raise TrainError(f"{run.path} holds a run with other settings ({'; '.join(diffs)}); "
+                             "use another --run-dir")
+        metrics = run.read_json("metrics.json")
+        if metrics is not None:
+            print(f"{run.path} is already finished ({metrics['epochs_completed']} epochs, "
+                  f"test accuracy {metrics['test_accuracy']:.4f}); nothing to do. Use another "
+                  "--run-dir to train again.")
+            return metrics
+    elif run.foreign_files():
+        raise TrainError(f"run folder {run.path} is not empty and holds no run "
+                         f"({', '.join(run.foreign_files()[:3])}, ...); use an empty or new folder")
+    run.prepare()
+
+    if dataset is None:
+        try:
+            dataset = data.load_cifar10(data_dir)
+        except data.DataError as e:
+            raise TrainError(str(e)) from None
+    try:
+        train_idx, val_idx = data.stratified_split(dataset.y_train, settings["val_split"], settings["split_seed"])
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
+    x_val, y_val = dataset.x_train[val_idx], dataset.y_train[val_idx]
+    steps_per_epoch = math.ceil(len(x_train) / settings["batch_size"])
+
+    if old_config is None:
+        write_json(run.path / "config.json", {
+            "settings": settings, "sources": sources, "command": command,
+            "data": {"source": dataset.source, "train_images": len(x_train), "val_images": len(x_val),
+                     "test_images": len(dataset.x_test),
+                     "val_indices_sha256": _sha(val_idx)},
+            "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+
+    state = run.read_json("state.json")
+    if state is None:
+        state = {"epochs_completed": 0, "checkpoint": None, "best": None, "history": [],
+                 "wall_seconds": 0.0}
+        model_ = build_model(settings, steps_per_epoch)
+    else:
+        run.sync(state)
+        model_ = keras.saving.load_model(run.path / "last.keras")
+        print(f"Resuming {run.path} after epoch {state['epochs_completed']}/{settings['epochs']}", flush=True)
+
+    fit_verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose
+    eval_batch = max(settings["batch_size"], 256)
+    pipeline = dict(preprocess_mode=settings["preprocess"])
+    val_ds = (data.make_dataset(x_val, y_val, eval_batch, **pipeline) if len(x_val) else None)
+    timer = EpochTimer()
+    callbacks = [timer, keras.callbacks.TerminateOnNaN()]
+    if fit_verbose:
+        callbacks.append(Progress(settings["epochs"]))
+    writer = tf.summary.create_file_writer(str(run.path / "tensorboard"))
+    session_start = time.perf_counter()
+    wall_before = state["wall_seconds"]
+
+    for epoch in range(state["epochs_completed"], settings["epochs"]):
+        train_ds = data.make_dataset(x_train, y_train, settings["batch_size"], augment=settings["augment"],
+                                     shuffle=True, seed=settings["seed"], epoch=epoch, **pipeline)
+        lr = float(f"{current_lr(model_):.6g}")  # the float32 value, without its binary noise
+        history = model_.fit(train_ds, validation_data=val_ds, epochs=epoch + 1, initial_epoch=epoch,
+                             verbose=fit_verbose, shuffle=False, callbacks=callbacks)
+        logs = {k: float(v[-1]) for k, v in history.history.items()}
+        if not all(math.isfinite(v) for v in logs.values()) or model_.stop_training:
+            raise TrainError(f"loss became {logs.get('loss')} in epoch {epoch + 1}; stopped. The last good "
+                             f"model (epoch {state['epochs_completed']}) is kept in {run.path}. Try a "
+                             "lower --lr or a warm-up.")
+        row = {"epoch": epoch + 1, "lr": lr, **logs, "train_seconds": timer.train_seconds,
+               "epoch_seconds": timer.epoch_seconds}
+        best = state["best"]
+        is_best = val_ds is not None and (best is None or row["val_accuracy"] > best["val_accuracy"])
+        state["wall_seconds"] = wall_before + time.perf_counter() - session_start
+        run.commit(model_, state, row, is_best)
+        with writer.as_default(step=epoch + 1):
+            for key in HISTORY_FIELDS[1:]:
+                if key in row:
+                    tf.summary.scalar(key, row[key])
+        writer.flush()
+
+    metrics = _final_evaluation(run, state, settings, dataset, len(x_train), len(x_val), eval_batch)
+    metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start
+    write_json(run.path / "metrics.json", metrics)
+    print(f"Finished {run.path}: val accuracy {metrics['val_accuracy']}, test accuracy "
+          f"{metrics['test_accuracy']:.4f} ({metrics['test_model']})", flush=True)
+    return metrics
+
+
+def _sha(indices):
+    import hashlib
+    return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()
+
+
+def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch):
+    """The test set is used here, once, on the model the validation split chose."""
+    if state["best"] is not None:
+        kept, epoch = "best.keras", state["best"]["epoch"]
+        why = "highest validation accuracy"
+    else:
+        kept, epoch = "last.keras", state["epochs_completed"]
+        why = "no validation split, so the last epoch"
+    model = keras.saving.load_model(run.path / kept)
+    test_ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"])
+    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    history = state["history"]
+    speeds = [n_train / r["train_seconds"] for r in history if r.get("train_seconds")]
+    return {
+        "model": settings["model"],
+        "val_accuracy": state["best"]["val_accuracy"] if state["best"] else None,
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "test_model": f"{kept} (epoch {epoch}, {why})",
+        "best_epoch": epoch,
+        "last_val_accuracy": history[-1].get("val_accuracy"),
+        "last_train_accuracy": history[-1]["accuracy"],
+        "epochs_completed": state["epochs_completed"],
+        "train_images": n_train, "val_images": n_val, "test_images": len(dataset.x_test),
+        # The median over epochs, so the first epoch's tracing does not count once there are 3+.
+        "train_images_per_second": float(np.median(speeds)) if speeds else None,
+        "splits": f"val: {n_val} images held out of the {n_train + n_val} training images (stratified, "
+                  f"split seed {settings['split_seed']}); test: the {len(dataset.x_test)} test images, "
+                  "evaluated once, at the end",
+    }
+
+
+# --------------------------------------------------------------------------- command line
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Train a CIFAR-10 model with its reference recipe; any flag overrides the recipe.")
+    p.add_argument("--model", default="resnet20", help="registered model name (see --list-models)")
+    p.add_argument("--list-models", action="store_true", help="print the registered model names and exit")
+    p.add_argument("--describe-recipe", action="store_true",
+                   help="print the resolved settings and their sources as JSON, and exit")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float, help="base learning rate")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--weight-decay", type=float,
+                   help="coupled L2 weight decay on kernels, as in the papers: w -= lr * (grad + wd * w)")
+    schedules.add_schedule_arguments(p)
+    p.add_argument("--preprocess", choices=data.PREPROCESSING)
+    p.add_argument("--augment", choices=data.AUGMENTATIONS)
+    p.add_argument("--val-split", type=int, help="training images held out for validation (0: none)")
+    p.add_argument("--split-seed", type=int, help="seed of the validation split (default 0, shared by all runs)")
+    p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
+    p.add_argument("--run-dir", help="run folder (default runs/MODEL-seedSEED); rerun to resume")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.list_models:
+        print("\n".join(models.list_models()))
+        return 0
+    overrides = {k: v for k, v in vars(args).items() if k in SETTINGS}
+    try:
+        if args.describe_recipe:
+            settings, sources = resolve_settings(args.model, **overrides)
+            print(json.dumps({"settings": settings, "sources": sources}, indent=2))
+            return 0
+        train(args.model, run_dir=args.run_dir, data_dir=args.data_dir,
+              command=["train.py", *(sys.argv[1:] if argv is None else argv)], **overrides)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume after the last completed epoch",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
