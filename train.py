@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
+import distribute  # noqa: E402
 import models  # noqa: E402
 from htd import schedules  # noqa: E402
 
@@ -47,9 +49,11 @@ from htd import schedules  # noqa: E402
 DEFAULTS = dict(
     epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0,
     schedule="step", lr_milestones=None, lr_factor=[0.1], htd_bounds=[-6.0, 3.0], warmup_epochs=0,
-    min_lr=0.0, lr_gamma=None, schedule_per="step",
+    min_lr=0.0, lr_gamma=None, schedule_per="step", lr_scaling="linear",
     preprocess="standardize", augment="standard", val_split=5000, split_seed=0, seed=0,
+    mixed_precision=False,
 )
+LR_SCALING = ("linear", "none")
 SETTINGS = tuple(DEFAULTS)
 # Settings that may differ between the command that started a run and the one resuming it.
 RESUME_FREE = ()
@@ -96,6 +100,14 @@ def resolve_settings(model, **overrides):
         if sources["lr_factor"] == "recipe":
             settings["lr_factor"] = factor
         sources["lr_milestones"] = f"recipe, scaled from {recipe['epochs']} to {settings['epochs']} epochs"
+    # Linear scaling (Goyal et al. 2017): the recipe's lr is for the recipe's batch; a flag's lr is taken as is.
+    reference_batch = recipe.get("batch_size", DEFAULTS["batch_size"])
+    if (settings["lr_scaling"] == "linear" and sources["lr"] != "flag"
+            and settings["batch_size"] != reference_batch and isinstance(settings["batch_size"], int)):
+        base = settings["lr"]
+        settings["lr"] = base * settings["batch_size"] / reference_batch
+        sources["lr"] = (f"{sources['lr']} {base}, scaled linearly from batch {reference_batch} to "
+                         f"{settings['batch_size']}")
     _validate(settings)
     return settings, sources
 
@@ -117,6 +129,8 @@ def _validate(s):
         raise TrainError(f"val split must be a whole number of images >= 0; got {s['val_split']!r}")
     if s["preprocess"] not in data.PREPROCESSING:
         raise TrainError(f"preprocess must be one of {', '.join(data.PREPROCESSING)}; got {s['preprocess']!r}")
+    if s["lr_scaling"] not in LR_SCALING:
+        raise TrainError(f"lr scaling must be one of {', '.join(LR_SCALING)}; got {s['lr_scaling']!r}")
     if s["augment"] not in data.AUGMENTATIONS:
         raise TrainError(f"augment must be one of {', '.join(data.AUGMENTATIONS)}; got {s['augment']!r}")
     try:  # the schedule checks its own parameters; steps_per_epoch does not matter here
@@ -243,16 +257,20 @@ class RunFolder:
 
 # --------------------------------------------------------------------------- training
 
-def build_model(settings, steps_per_epoch):
+def build_model(settings, steps_per_epoch, jit=False):
     keras.utils.set_random_seed(settings["seed"])
     model = models.create_model(settings["model"], num_classes=data.NUM_CLASSES,
                                 weight_decay=settings["weight_decay"])
+    if keras.mixed_precision.global_policy().compute_dtype != "float32":
+        # Logits, softmax and loss in float32: float16 logits overflow and lose small probabilities.
+        outputs = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(model.output)
+        model = keras.Model(model.input, outputs, name=model.name)
     optimizer = keras.optimizers.SGD(
         learning_rate=make_schedule(settings, steps_per_epoch),
         momentum=settings["momentum"], nesterov=settings["nesterov"])
     model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit)
     return model
 
 
@@ -306,33 +324,75 @@ def default_run_dir(settings):
     return Path("runs") / f"{settings['model']}-seed{settings['seed']}"
 
 
+def _existing_run(run, settings):
+    """The metrics of a finished run in `run`, None for a new or unfinished one; TrainError if unrelated."""
+    old_config = run.read_json("config.json")
+    if old_config is None:
+        if run.foreign_files():
+            raise TrainError(f"run folder {run.path} is not empty and holds no run "
+                             f"({', '.join(run.foreign_files()[:3])}, ...); use an empty or new folder")
+        return None
+    diffs = _describe_differences(old_config["settings"], settings)
+    if diffs:
+        raise TrainError(f"{run.path} holds a run with other settings ({'; '.join(diffs)}); "
+                         "use another --run-dir")
+    return run.read_json("metrics.json")
+
+
+def _worker_folder(home, index):
+    """A temporary run folder for a non-chief worker, holding what it needs to resume like the chief."""
+    run = RunFolder(tempfile.mkdtemp(prefix=f"cifar10-worker{index}-"))
+    state = home.read_json("state.json")
+    if state is not None:
+        run.ckpt_dir.mkdir()
+        for name in {state["checkpoint"], (state.get("best") or {}).get("checkpoint")} - {None}:
+            shutil.copyfile(home.ckpt_dir / name, run.ckpt_dir / name)
+        write_json(run.path / "state.json", state)
+    return run
+
+
 def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbose="auto",
-          command=None, **overrides):
+          command=None, devices=None, jit=False, **overrides):
     """Trains `model` with its recipe and `overrides`; returns the run's metrics.
 
-    `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity. Raises
-    TrainError for anything the user can fix.
+    `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity; `devices` and
+    `jit` choose where and how the steps run (see distribute.py), and may change when a run is
+    resumed. Raises TrainError for anything the user can fix.
     """
     settings, sources = resolve_settings(model, **overrides)
-    run = RunFolder(run_dir or default_run_dir(settings))
-
-    old_config = run.read_json("config.json")
-    if old_config is not None:
-        diffs = _describe_differences(old_config["settings"], settings)
-        if diffs:
-            raise TrainError(f"{run.path} holds a run with other settings ({'; '.join(diffs)}); "
-                             "use another --run-dir")
-        metrics = run.read_json("metrics.json")
-        if metrics is not None:
-            print(f"{run.path} is already finished ({metrics['epochs_completed']} epochs, "
-                  f"test accuracy {metrics['test_accuracy']:.4f}); nothing to do. Use another "
-                  "--run-dir to train again.")
-            return metrics
-    elif run.foreign_files():
-        raise TrainError(f"run folder {run.path} is not empty and holds no run "
-                         f"({', '.join(run.foreign_files()[:3])}, ...); use an empty or new folder")
+    try:
+        placement = distribute.place(devices)
+        policy = distribute.mixed_precision_policy() if settings["mixed_precision"] else "float32"
+    except distribute.DistributeError as e:
+        raise TrainError(str(e)) from None
+    if settings["batch_size"] % placement.replicas:
+        raise TrainError(f"batch size {settings['batch_size']} does not split evenly over "
+                         f"{placement.replicas} replicas")
+    home = RunFolder(run_dir or default_run_dir(settings))
+    finished = _existing_run(home, settings)
+    if finished is not None:
+        print(f"{home.path} is already finished ({finished['epochs_completed']} epochs, test accuracy "
+              f"{finished['test_accuracy']:.4f}); nothing to do. Use another --run-dir to train again.")
+        return finished
+    # Only the chief writes the run folder; other workers of a cluster keep a temporary one.
+    run = home if placement.is_chief else _worker_folder(home, placement.worker_index)
     run.prepare()
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        execution = {"strategy": placement.kind, "replicas": placement.replicas, "workers": placement.num_workers,
+                     "devices": placement.devices, "global_batch": settings["batch_size"],
+                     "per_replica_batch": settings["batch_size"] // placement.replicas,
+                     "lr": settings["lr"], "lr_source": sources["lr"], "precision": policy, "jit": bool(jit)}
+        with placement.strategy.scope():
+            return _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        if run is not home:
+            shutil.rmtree(run.path, ignore_errors=True)
 
+
+def _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit):
     if dataset is None:
         try:
             dataset = data.load_cifar10(data_dir)
@@ -346,12 +406,11 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
     x_val, y_val = dataset.x_train[val_idx], dataset.y_train[val_idx]
     steps_per_epoch = math.ceil(len(x_train) / settings["batch_size"])
 
-    if old_config is None:
+    if run.read_json("config.json") is None:
         write_json(run.path / "config.json", {
-            "settings": settings, "sources": sources, "command": command,
+            "settings": settings, "sources": sources, "command": command, "execution": execution,
             "data": {"source": dataset.source, "train_images": len(x_train), "val_images": len(x_val),
-                     "test_images": len(dataset.x_test),
-                     "val_indices_sha256": _sha(val_idx)},
+                     "test_images": len(dataset.x_test), "val_indices_sha256": _sha(val_idx)},
             "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 
@@ -359,10 +418,11 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
     if state is None:
         state = {"epochs_completed": 0, "checkpoint": None, "best": None, "history": [],
                  "wall_seconds": 0.0}
-        model_ = build_model(settings, steps_per_epoch)
+        model_ = build_model(settings, steps_per_epoch, jit=jit)
     else:
         run.sync(state)
         model_ = keras.saving.load_model(run.path / "last.keras")
+        model_.jit_compile = bool(jit)
         print(f"Resuming {run.path} after epoch {state['epochs_completed']}/{settings['epochs']}", flush=True)
 
     fit_verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose
@@ -402,6 +462,7 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
 
     metrics = _final_evaluation(run, state, settings, dataset, len(x_train), len(x_val), eval_batch)
     metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start
+    metrics["execution"] = execution
     write_json(run.path / "metrics.json", metrics)
     print(f"Finished {run.path}: val accuracy {metrics['val_accuracy']}, test accuracy "
           f"{metrics['test_accuracy']:.4f} ({metrics['test_model']})", flush=True)
@@ -462,11 +523,20 @@ def build_parser():
     p.add_argument("--weight-decay", type=float,
                    help="coupled L2 weight decay on kernels, as in the papers: w -= lr * (grad + wd * w)")
     schedules.add_schedule_arguments(p)
+    p.add_argument("--lr-scaling", choices=LR_SCALING,
+                   help="linear (default): a recipe's lr scales with --batch-size / the recipe's batch; "
+                        "an --lr given is used as is")
     p.add_argument("--preprocess", choices=data.PREPROCESSING)
     p.add_argument("--augment", choices=data.AUGMENTATIONS)
     p.add_argument("--val-split", type=int, help="training images held out for validation (0: none)")
     p.add_argument("--split-seed", type=int, help="seed of the validation split (default 0, shared by all runs)")
     p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--mixed-precision", action="store_true", default=None,
+                   help="float16 on GPUs, bfloat16 on CPUs that compute it natively; refused elsewhere")
+    p.add_argument("--devices", type=int,
+                   help="local devices: the first N GPUs, or N logical CPU devices where there is no GPU "
+                        "(default: all GPUs, or the CPU); several machines: set TF_CONFIG")
+    p.add_argument("--jit", action="store_true", help="compile the training step with XLA")
     p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
     p.add_argument("--run-dir", help="run folder (default runs/MODEL-seedSEED); rerun to resume")
     return p
@@ -483,7 +553,7 @@ def main(argv=None):
             settings, sources = resolve_settings(args.model, **overrides)
             print(json.dumps({"settings": settings, "sources": sources}, indent=2))
             return 0
-        train(args.model, run_dir=args.run_dir, data_dir=args.data_dir,
+        train(args.model, run_dir=args.run_dir, data_dir=args.data_dir, devices=args.devices, jit=args.jit,
               command=["train.py", *(sys.argv[1:] if argv is None else argv)], **overrides)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)

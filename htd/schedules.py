@@ -19,8 +19,9 @@ rises linearly to `target`, the value the decay has at its own start:
 where k counts steps and K = round(W * steps_per_epoch) (per="step"), or k counts epochs and K = W
 (per="epoch", W must be whole). The line runs from 0 (at k = -1) to `target` at k = K, the first
 step or epoch after warm-up, so the first update already moves the weights (by target / (K + 1)).
-Every decay then runs over T = epochs - W epochs in its own time t = u - W, clipped to [0, T]: past
-the end of training the lr stays at its final value. Step milestones stay absolute epochs.
+Every decay then runs over T = epochs - W epochs in its own time t = u - W, clipped to [0, T] (W
+taken as K / steps_per_epoch when per="step"): past the end of training the lr stays at its final
+value. Step milestones stay absolute epochs and must lie after the warm-up.
 
 Decays (base_lr = b, time t and length T in epochs as above):
 

@@ -79,3 +79,34 @@ def write_archive(folder, archive_path):
     with tarfile.open(archive_path, "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
     return Path(archive_path)
+
+
+def png_bytes(image, colour_type=None):
+    """An 8-bit PNG of `image` (H, W) or (H, W, C) uint8, encoded here with zlib, not by TensorFlow.
+
+    C = 1, 2, 3, 4 give greyscale, greyscale + alpha, RGB and RGBA (PNG colour types 0, 4, 2, 6).
+    """
+    import zlib
+
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    height, width, channels = image.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels] if colour_type is None else colour_type
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + image[r].tobytes() for r in range(height))  # filter 0 on every row
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def write_png_folder(folder, images, names, seed=0):
+    """Writes `images[i]` as `folder/names[i]`, in a shuffled order (the listing order must not matter)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in np.random.default_rng(seed).permutation(len(names)):
+        (folder / names[i]).write_bytes(png_bytes(images[i]))
+    return folder

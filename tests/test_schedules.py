@@ -23,7 +23,7 @@ SETTINGS = {
     "constant": {},
     "step": dict(milestones=[4, 9], factor=[0.5, 0.2]),
     "cosine": dict(min_lr=0.001),
-    "htd": dict(bounds=(-6.0, 3.0)),
+    "htd": dict(bounds=(-5.0, 2.5)),
     "exponential": dict(gamma=0.8),
     "onecycle": dict(pct_start=0.25, div_factor=25.0, final_div=1e4),
 }
@@ -35,7 +35,7 @@ def schedule(name, per="step", warmup_epochs=0, **overrides):
                          warmup_epochs=warmup_epochs, **{**SETTINGS[name], **overrides})
 
 
-def htd_lr(t, T=EPOCHS, lower=-6.0, upper=3.0):
+def htd_lr(t, T=EPOCHS, lower=-5.0, upper=2.5):
     return BASE / 2 * (1 - math.tanh(lower + (upper - lower) * t / T))
 
 
@@ -64,7 +64,7 @@ EXACT = [
     ("htd", "step", 0, htd_lr(0)), ("htd", "epoch", SPE - 1, htd_lr(0)),
     ("htd", "step", 7, htd_lr(1.4)), ("htd", "epoch", 7, htd_lr(1)),
     ("htd", "step", END - 1, htd_lr(11.8)), ("htd", "epoch", END - 1, htd_lr(11)),
-    ("htd", "step", END, BASE / 2 * (1 - math.tanh(3))), ("htd", "step", END + 50, htd_lr(12)),
+    ("htd", "step", END, BASE / 2 * (1 - math.tanh(2.5))), ("htd", "step", END + 50, htd_lr(12)),
     ("exponential", "step", 0, BASE), ("exponential", "epoch", 0, BASE),
     ("exponential", "step", 7, BASE * 0.8 ** 1.4), ("exponential", "epoch", 7, BASE * 0.8),
     ("exponential", "step", END - 1, BASE * 0.8 ** 11.8),
@@ -117,6 +117,17 @@ def test_every_step_matches_reference(name, per, warmup_epochs):
     got = evaluate(schedule(name, per, warmup_epochs), STEPS)
     want = [reference(name, int(s), per, warmup_epochs) for s in STEPS]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("per", ["step", "epoch"])
+def test_htd_default_bounds_are_the_papers(per):
+    s = make_schedule("htd", base_lr=BASE, epochs=EPOCHS, steps_per_epoch=SPE, per=per)
+    assert s.bounds == (-6.0, 3.0)
+    start, last, end = evaluate(s, [0, END - 1, END])
+    assert start == pytest.approx(BASE / 2 * (1 - math.tanh(-6)), rel=1e-6)
+    t_last = 11.8 if per == "step" else 11
+    assert last == pytest.approx(BASE / 2 * (1 - math.tanh(-6 + 9 * t_last / EPOCHS)), rel=1e-5)
+    assert end == pytest.approx(BASE / 2 * (1 - math.tanh(3)), rel=1e-5)
 
 
 def test_lenet_recipe_per_epoch():
@@ -267,7 +278,7 @@ def test_compiled_training_applies_the_schedule_per_step(jit_compile):
 
 def reference_htd_epoch(epoch):
     # warm-up of 1 epoch to htd_lr(0) over T = 3, then htd_lr(epoch - 1)
-    return htd_lr(0, T=3) / 2 if epoch == 0 else htd_lr(epoch - 1, T=3)
+    return htd_lr(0, 3, -6, 3) / 2 if epoch == 0 else htd_lr(epoch - 1, 3, -6, 3)
 
 
 BAD = [

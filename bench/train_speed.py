@@ -1,0 +1,69 @@
+"""Training throughput of train.py's own training step, in images per second.
+
+Builds the model and optimizer exactly as `train.py` does (its recipe, with --batch on top), feeds
+it the training pipeline of `data.py` (gather, pad-4 crop + flip, normalise) over random uint8
+CIFAR-shaped images, and times the steps after a warm-up with a per-batch callback, as
+../shared/bench/torch_reference.py times its own. Prints one JSON line.
+
+    python bench/train_speed.py --model resnet20 --batch 128 --steps 100
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import data  # noqa: E402
+import train  # noqa: E402
+
+
+class StepClock(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.ticks.append(time.perf_counter())
+
+    def on_train_begin(self, logs=None):
+        self.ticks = []
+
+
+def measure(model_name, batch, steps, warmup, seed=0):
+    settings, _ = train.resolve_settings(model_name, batch_size=batch, epochs=1)
+    model = train.build_model(settings, steps_per_epoch=warmup + steps)
+    rng = np.random.default_rng(seed)
+    n = (warmup + steps) * batch
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    dataset = data.make_dataset(images, labels, batch, augment="standard", shuffle=True, seed=seed,
+                                preprocess_mode=settings["preprocess"])
+    clock = StepClock()
+    model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
+    ticks = np.array(clock.ticks[warmup - 1:])
+    return {
+        "framework": f"keras {keras.__version__} / tensorflow {__import__('tensorflow').__version__}",
+        "model": model_name, "params": model.count_params(), "batch": batch,
+        "img_per_s": round(steps * batch / (ticks[-1] - ticks[0]), 1),
+        "median_step_img_per_s": round(batch / float(np.median(np.diff(ticks))), 1),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=100, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="steps before timing (the first traces the step)")
+    a = p.parse_args(argv)
+    if a.steps < 2 or a.warmup < 1 or a.batch < 1:
+        p.error("--steps must be >= 2, --warmup >= 1 and --batch >= 1")
+    print(json.dumps(measure(a.model, a.batch, a.steps, a.warmup)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

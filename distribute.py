@@ -1,0 +1,153 @@
+"""Which devices a run trains on: TensorFlow's own distribution strategies, chosen for the machine.
+
+- `TF_CONFIG` set (the standard cluster description): `MultiWorkerMirroredStrategy` over the
+  workers it lists, each using its local GPUs (or its CPU). Worker 0 (or the task of type
+  "chief") is the chief: only it writes the run folder; the other workers write theirs to a
+  temporary folder that is removed at the end, as TensorFlow's multi-worker guide recommends.
+- Otherwise, GPUs visible: `MirroredStrategy` over all of them, or the first `devices`; one GPU:
+  `OneDeviceStrategy`.
+- No GPU: the default (single-device) strategy; with `devices=N > 1`, the CPU is split into N
+  logical devices and `MirroredStrategy` runs over them, so the multi-device code path can be
+  exercised (and tested) anywhere. On one CPU it is slower than one device, as expected.
+
+`--batch-size` is the global batch: each of R replicas computes on batch / R images and the
+gradients are summed, so a run on 8 GPUs with the recipe's batch follows the recipe exactly.
+"""
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+
+class DistributeError(Exception):
+    """The requested devices or precision are not available here."""
+
+
+@dataclass
+class Placement:
+    strategy: tf.distribute.Strategy
+    kind: str            # "default", "one_device", "mirrored", "multi_worker"
+    devices: list        # device names of this worker's replicas
+    replicas: int        # replicas in sync, over all workers
+    is_chief: bool
+    worker_index: int
+    num_workers: int
+
+
+def _cluster():
+    config = json.loads(os.environ["TF_CONFIG"])
+    task = config.get("task", {})
+    cluster = config.get("cluster", {})
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    is_chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+    return is_chief, index, workers
+
+
+def _split_cpu(n):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < n:
+            raise DistributeError(f"--devices {n}: TensorFlow has already started with {have} CPU device(s); "
+                                  "split the CPU before anything else runs (a fresh process)") from None
+    return [d.name for d in tf.config.list_logical_devices("CPU")[:n]]
+
+
+def _patch_keras_for_multi_worker():
+    """Two spots where Keras 3 `fit` breaks under `MultiWorkerMirroredStrategy` (keras-team/keras#20585,
+    tensorflow/tensorflow#72388, open as of Keras 3.15):
+
+    1. before the first step, fit takes one distributed batch and all-reduces it across workers,
+       only to learn its shapes; the collective reduce of a per-replica batch cannot be converted
+       to a tensor. The first local replica's batch has the same shapes.
+    2. the per-step metric values are scalars, which Keras all-reduces with `axis=0`; a scalar has
+       no axis 0. They are averaged across replicas with no axis instead.
+    Both replacements are applied only when TF_CONFIG is set.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer, "_cifar10_multi_worker_patch", False):
+        return
+    original_reduce = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            def mean(v):
+                first = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                return strategy.reduce("MEAN", v, axis=0 if first.shape.rank else None)
+            return tree.map_structure(mean, values)
+        return original_reduce(values, strategy, reduction)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda x: (self.distribute_strategy.experimental_local_results(x)[0]
+                               if isinstance(x, tf.distribute.DistributedValues) else x), next(it))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    tf_trainer._cifar10_multi_worker_patch = True
+
+
+def place(devices=None):
+    """The strategy for this process; `devices` = how many local devices (None: all GPUs, or 1 CPU)."""
+    if devices is not None and devices < 1:
+        raise DistributeError(f"--devices must be a positive whole number; got {devices}")
+    if os.environ.get("TF_CONFIG"):
+        try:
+            is_chief, index, workers = _cluster()
+        except (ValueError, TypeError, AttributeError) as e:
+            raise DistributeError(f"TF_CONFIG is not a valid cluster description ({e})") from None
+        if devices and devices > 1 and not tf.config.list_physical_devices("GPU"):
+            _split_cpu(devices)
+        _patch_keras_for_multi_worker()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        local = list(strategy.extended.worker_devices)
+        return Placement(strategy, "multi_worker", local, strategy.num_replicas_in_sync, is_chief, index, workers)
+    gpus = [f"/gpu:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
+    if gpus:
+        n = len(gpus) if devices is None else devices
+        if n > len(gpus):
+            raise DistributeError(f"--devices {n}: only {len(gpus)} GPU(s) visible")
+        if n == 1:
+            return Placement(tf.distribute.OneDeviceStrategy(gpus[0]), "one_device", gpus[:1], 1, True, 0, 1)
+        return Placement(tf.distribute.MirroredStrategy(gpus[:n]), "mirrored", gpus[:n], n, True, 0, 1)
+    if devices and devices > 1:
+        names = _split_cpu(devices)
+        return Placement(tf.distribute.MirroredStrategy(names), "mirrored", names, devices, True, 0, 1)
+    return Placement(tf.distribute.get_strategy(), "default", ["/cpu:0"], 1, True, 0, 1)
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); without it, it is emulated."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def mixed_precision_policy():
+    """The Keras mixed-precision policy for this machine, or DistributeError saying why there is none."""
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    if cpu_has_bfloat16():
+        return "mixed_bfloat16"
+    raise DistributeError("--mixed-precision: no GPU, and this CPU has no native bfloat16 (avx512_bf16 or "
+                          "amx_bf16), so it would run slower than float32; train without it here")

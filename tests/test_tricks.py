@@ -1,0 +1,46 @@
+import csv
+
+import pytest
+
+import train
+from tricks import lenet_ablation as ablation
+
+
+def test_each_variant_adds_exactly_one_thing():
+    names = list(ablation.VARIANTS)
+    assert names[:4] == ["base", "dp", "dp_da", "dp_da_wd"]
+    for name, (parent, change, _) in ablation.VARIANTS.items():
+        if parent is None:
+            continue
+        mine, theirs = ablation.variant_overrides(name), ablation.variant_overrides(parent)
+        assert [k for k in mine if mine[k] != theirs.get(k)] == list(change) and len(change) == 1
+
+
+def test_base_really_has_none_of_the_tricks():
+    settings, _ = train.resolve_settings("lenet", **ablation.variant_overrides("base"))
+    assert settings["preprocess"] == "scale" and settings["augment"] == "none" and settings["weight_decay"] == 0
+    full, _ = train.resolve_settings("lenet", **ablation.variant_overrides("dp_da_wd"))
+    assert full["preprocess"] == "standardize" and full["augment"] == "standard" and full["weight_decay"] == 1e-4
+    with pytest.raises(ValueError, match="unknown variant 'bn'"):
+        ablation.variant_overrides("bn")
+
+
+def test_series_writes_reports_and_resumes(tiny_cifar, tmp_path, capsys):
+    root, _ = tiny_cifar
+    args = ["--data-dir", str(root), "--out", str(tmp_path), "--epochs", "1", "--val-split", "40",
+            "--batch-size", "32"]
+    assert ablation.main(args) == 0
+    for name in ("results.csv", "results.md", "curves.png", "bars.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == list(ablation.VARIANTS)
+    assert all(r["runs"] == "1" and r["epochs"] == "1" for r in rows)
+    assert (tmp_path / "results.md").read_text().count("\n") == 2 + len(rows)
+    checkpoints = sorted((tmp_path / "runs").glob("*/last.keras"))
+    assert len(checkpoints) == 4
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
+    capsys.readouterr()
+    assert ablation.main(args) == 0
+    assert capsys.readouterr().out.count("already finished") == 4
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps

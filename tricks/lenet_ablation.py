@@ -1,0 +1,160 @@
+"""The LeNet tricks ablation: baseline, + preprocessing, + augmentation, + weight decay.
+
+    python tricks/lenet_ablation.py --data-dir ../shared/data --out runs/tricks --epochs 200 --seeds 0 1 2
+
+Each variant is its parent plus exactly one change (the table VARIANTS), passed as overrides to
+the one training function, train.train(). Every (variant, seed) is its own run folder under
+OUT/runs, so an interrupted series resumes: finished runs are read back, not retrained, and a
+run cut off mid-way resumes after its last completed epoch. The series writes to OUT:
+results.csv, results.md (variant, what it adds, val and test accuracy mean +- std over seeds, runs,
+epochs, wall time), curves.png (validation accuracy per epoch, mean over seeds) and bars.png.
+"""
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import data  # noqa: E402
+import train  # noqa: E402
+
+MODEL = "lenet"
+
+# name: (parent, the one change it makes, what it adds). The reference (BIGBALLON/cifar-10-cnn,
+# 1_Lecun_Network, 200 epochs, batch 128) reports 58.48, 60.41, 75.06 and 76.23 % test accuracy.
+VARIANTS = {
+    "base": (None, dict(preprocess="scale", augment="none", weight_decay=0.0),
+             "baseline: pixels / 255, no augmentation, no weight decay"),
+    "dp": ("base", dict(preprocess="standardize"), "+ data preprocessing (per-channel standardisation)"),
+    "dp_da": ("dp", dict(augment="standard"), "+ data augmentation (random flip, 4-pixel shifts)"),
+    "dp_da_wd": ("dp_da", dict(weight_decay=1e-4), "+ weight decay (coupled L2, 1e-4)"),
+}
+REFERENCE = {"base": 58.48, "dp": 60.41, "dp_da": 75.06, "dp_da_wd": 76.23}
+
+
+def variant_overrides(name):
+    """The settings a variant overrides, its ancestors' changes included."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    parent, change, _ = VARIANTS[name]
+    return {**(variant_overrides(parent) if parent else {}), **change}
+
+
+def run_series(variants, seeds, epochs, out, data_dir=None, dataset=None, verbose="auto", **common):
+    """Trains (or reads back) every (variant, seed); returns {variant: [(run folder, metrics)]}."""
+    if dataset is None:
+        dataset = data.load_cifar10(data_dir)
+    results = {}
+    for name in variants:
+        results[name] = []
+        for seed in seeds:
+            print(f"== {name} (seed {seed}): {VARIANTS[name][2]}", flush=True)
+            run_dir = Path(out) / "runs" / f"{name}-seed{seed}"
+            metrics = train.train(MODEL, run_dir=run_dir, dataset=dataset, verbose=verbose, epochs=epochs,
+                                  seed=seed, **common, **variant_overrides(name))
+            results[name].append((run_dir, metrics))
+    return results
+
+
+def _mean_std(values):
+    values = np.asarray([v for v in values if v is not None], float) * 100
+    if not len(values):
+        return float("nan"), float("nan")
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(results, epochs):
+    rows = []
+    for name, runs in results.items():
+        val, val_sd = _mean_std([m["val_accuracy"] for _, m in runs])
+        test, test_sd = _mean_std([m["test_accuracy"] for _, m in runs])
+        rows.append(dict(variant=name, adds=VARIANTS[name][2], val_mean=round(val, 2), val_std=round(val_sd, 2),
+                         test_mean=round(test, 2), test_std=round(test_sd, 2), runs=len(runs), epochs=epochs,
+                         wall_minutes=round(sum(m["wall_seconds"] for _, m in runs) / 60, 1),
+                         reference_test=REFERENCE.get(name)))
+    return rows
+
+
+def write_reports(rows, results, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| variant | adds | val acc % (mean ± std) | test acc % (mean ± std) | runs | epochs | wall min | reference test % (200 epochs, 1 run) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = "" if r["reference_test"] is None else f"{r['reference_test']:.2f}"
+        lines.append(f"| {r['variant']} | {r['adds']} | {r['val_mean']:.2f} ± {r['val_std']:.2f} | "
+                     f"{r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['runs']} | {r['epochs']} | "
+                     f"{r['wall_minutes']} | {ref} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, runs in results.items():
+        curves = [_val_curve(run_dir) for run_dir, _ in runs]
+        length = min(len(c) for c in curves)
+        ax.plot(np.arange(1, length + 1), np.mean([c[:length] for c in curves], axis=0) * 100, label=name)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="LeNet on CIFAR-10: validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = np.arange(len(rows))
+    ax.bar(x, [r["test_mean"] for r in rows], yerr=[r["test_std"] for r in rows], capsize=4, label="ours")
+    refs = [r["reference_test"] for r in rows]
+    if any(v is not None for v in refs):
+        ax.scatter(x, [np.nan if v is None else v for v in refs], color="black", marker="_", s=400,
+                   label="reference (200 epochs)", zorder=3)
+    ax.set_xticks(x, [r["variant"] for r in rows])
+    runs = rows[0]["runs"]
+    ax.set(ylabel="test accuracy (%)", title=f"LeNet tricks: test accuracy, mean ± std of {runs} run(s)")
+    lows = [r["test_mean"] - r["test_std"] for r in rows] + [v for v in refs if v is not None]
+    ax.set_ylim(max(0, min(lows) - 10), 100)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "bars.png", dpi=120)
+    plt.close(fig)
+
+
+def _val_curve(run_dir):
+    with open(Path(run_dir) / "history.csv") as f:
+        return np.array([float(r["val_accuracy"]) for r in csv.DictReader(f)])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir")
+    p.add_argument("--out", required=True, help="folder for the runs, tables and charts")
+    p.add_argument("--epochs", type=int, default=200, help="epochs per run (milestones scale with it)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--val-split", type=int, help="validation images (default: the recipe's 5,000)")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's 128")
+    a = p.parse_args(argv)
+    common = {k: v for k, v in dict(val_split=a.val_split, batch_size=a.batch_size).items() if v is not None}
+    try:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        results = run_series(a.variants, a.seeds, a.epochs, a.out, data_dir=a.data_dir, **common)
+    except (train.TrainError, data.DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = summarise(results, a.epochs)
+    write_reports(rows, results, a.out)
+    print((Path(a.out) / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
