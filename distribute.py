@@ -59,21 +59,23 @@ def _split_cpu(n):
     return [d.name for d in tf.config.list_logical_devices("CPU")[:n]]
 
 
-def _patch_keras_for_multi_worker():
-    """Two spots where Keras 3 `fit` breaks under `MultiWorkerMirroredStrategy` (keras-team/keras#20585,
+def _patch_keras_fit():
+    """Two spots where Keras 3 `fit`/`evaluate` break under distribution (keras-team/keras#20585,
     tensorflow/tensorflow#72388, open as of Keras 3.15):
 
-    1. before the first step, fit takes one distributed batch and all-reduces it across workers,
-       only to learn its shapes; the collective reduce of a per-replica batch cannot be converted
-       to a tensor. The first local replica's batch has the same shapes.
-    2. the per-step metric values are scalars, which Keras all-reduces with `axis=0`; a scalar has
-       no axis 0. They are averaged across replicas with no axis instead.
-    Both replacements are applied only when TF_CONFIG is set.
+    1. before the first step, Keras takes one distributed batch and averages it across replicas,
+       only to learn its shapes. Under MultiWorkerMirroredStrategy the collective reduce of a
+       per-replica batch cannot be converted to a tensor; under MirroredStrategy the average fails
+       when the batch does not split evenly (37 validation images on 2 replicas: 19 and 18). The
+       first local replica's batch has the shapes it needs.
+    2. under MultiWorkerMirroredStrategy the per-step metric values are scalars, which Keras
+       all-reduces with `axis=0`; a scalar has no axis 0. They are averaged with no axis instead.
+    Applied when a strategy other than the default one is used.
     """
     from keras.src import tree
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
-    if getattr(tf_trainer, "_cifar10_multi_worker_patch", False):
+    if getattr(tf_trainer, "_cifar10_patched", False):
         return
     original_reduce = tf_trainer.reduce_per_replica
 
@@ -99,7 +101,7 @@ def _patch_keras_for_multi_worker():
 
     tf_trainer.reduce_per_replica = reduce_per_replica
     tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
-    tf_trainer._cifar10_multi_worker_patch = True
+    tf_trainer._cifar10_patched = True
 
 
 def place(devices=None):
@@ -113,7 +115,7 @@ def place(devices=None):
             raise DistributeError(f"TF_CONFIG is not a valid cluster description ({e})") from None
         if devices and devices > 1 and not tf.config.list_physical_devices("GPU"):
             _split_cpu(devices)
-        _patch_keras_for_multi_worker()
+        _patch_keras_fit()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         local = list(strategy.extended.worker_devices)
         return Placement(strategy, "multi_worker", local, strategy.num_replicas_in_sync, is_chief, index, workers)
@@ -122,11 +124,13 @@ def place(devices=None):
         n = len(gpus) if devices is None else devices
         if n > len(gpus):
             raise DistributeError(f"--devices {n}: only {len(gpus)} GPU(s) visible")
+        _patch_keras_fit()
         if n == 1:
             return Placement(tf.distribute.OneDeviceStrategy(gpus[0]), "one_device", gpus[:1], 1, True, 0, 1)
         return Placement(tf.distribute.MirroredStrategy(gpus[:n]), "mirrored", gpus[:n], n, True, 0, 1)
     if devices and devices > 1:
         names = _split_cpu(devices)
+        _patch_keras_fit()
         return Placement(tf.distribute.MirroredStrategy(names), "mirrored", names, devices, True, 0, 1)
     return Placement(tf.distribute.get_strategy(), "default", ["/cpu:0"], 1, True, 0, 1)
 

@@ -236,7 +236,11 @@ class RunFolder:
         state["epochs_completed"] = epoch
         state["checkpoint"] = name
         if is_best:
-            state["best"] = {"epoch": epoch, "val_accuracy": row["val_accuracy"], "checkpoint": name}
+            # best.keras is for inference: architecture and weights, no optimizer, so it loads with
+            # plain keras.saving.load_model in any process (the schedules are this project's classes).
+            best = f"best-{epoch:04d}.keras"
+            save_model(keras.Model(model.inputs, model.outputs, name=model.name), self.ckpt_dir / best)
+            state["best"] = {"epoch": epoch, "val_accuracy": row["val_accuracy"], "checkpoint": best}
         write_json(self.path / "state.json", state)
         self.sync(state)
 
@@ -482,7 +486,9 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch)
     else:
         kept, epoch = "last.keras", state["epochs_completed"]
         why = "no validation split, so the last epoch"
-    model = keras.saving.load_model(run.path / kept)
+    model = keras.saving.load_model(run.path / kept, compile=False)
+    model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     test_ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"])
     test = model.evaluate(test_ds, verbose=0, return_dict=True)
     history = state["history"]

@@ -75,7 +75,7 @@ def _millions(n):
 
 
 def markdown_table(rows):
-    lines = ["| model | trainable parameters | | mult-adds / image | paper's count | paper |",
+    lines = ["| model | trainable parameters | | mult-adds / image | printed count | paper |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         lines.append(f"| `{r.name}` | {r.params:,} | {_millions(r.params)} | "
@@ -92,17 +92,20 @@ Columns: **trainable parameters** are counted on the model as built for CIFAR-10
 32x32x3 input): batch-norm scales and offsets are included, their moving statistics are not.
 **Mult-adds / image** are counted from the layer shapes, for convolution and dense layers only:
 a convolution costs H_out * W_out * k * k * (C_in / groups) * C_out, a dense layer in * out
-(biases, batch norm, activations, pooling and additions are left out). **Paper's count** is the
-figure the paper prints, at the precision it prints it; the tests check that our count rounds
-to it.
+(biases, batch norm, activations, pooling and additions are left out). **Printed count** is the
+figure the paper prints, at the precision it prints it; `tests/test_models.py` checks that our
+count rounds to it (the one exception is below). The NIN paper prints no count, the VGG
+paper only ImageNet ones, and the ResNet paper describes ResNet-18 for ImageNet only; for
+`nin`, `nin_bn`, `vgg19` and `resnet18` the column holds the CIFAR model's usual figure (0.97M
+and 39M as in BIGBALLON/cifar-10-cnn's table; 11.2M for ResNet-18 with a 3x3 stem).
 
 ## Where our counts differ from printed figures
 
 - `resnext29_16x64d`: 68,155,210 parameters round to 68.2M; the paper prints 68.1M. The
-  architecture matches the authors' code (projection shortcuts only where the shape changes;
+  architecture follows the authors' code (projection shortcuts only where the shape changes),
   the 8x64d model gives the paper's 34.4M, and bearpaw/pytorch-classification reports 34.43M
-  and 68.16M for its ports). The paper's figure is either truncated or leaves out the 100,480 batch-norm
-  parameters (68,054,730 without them).
+  and 68.16M for its ports. The paper's figure is either truncated or leaves out the 100,480
+  batch-norm parameters (68,054,730 without them).
 - The older Keras reference repository (BIGBALLON/cifar-10-cnn) prints counts that come from
   bugs in its model code, not from the architectures:
   - WRN-16-8 "11.3M": a 1x1 projection shortcut in *every* block instead of only where the
@@ -110,9 +113,8 @@ to it.
   - DenseNet-BC-100-12 "0.85M", DenseNet-BC-100-24 "3.3M", DenseNet-BC-160-24 "7.5M": a third
     transition layer after the last dense block, counted with Keras' "Total params", which
     adds the batch-norm moving means and variances (850,606, 3,300,358 and 7,549,738 in our
-    layout). Built as the
-    paper describes (two transitions), the models have 0.77M, 3.02M and 6.83M trainable
-    parameters.
+    layout). Built as the paper describes (two transitions), the models have 0.77M, 3.02M and
+    6.83M trainable parameters.
   - ResNeXt-29 4x64d "20M" (and its SE variant): a projection shortcut in every block, because
     the variable tracking a block's input width is assigned as a local, so every block sees 64
     input channels (20,322,122 in our layout). Built correctly it has 17.56M; the SE variant

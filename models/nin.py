@@ -42,7 +42,8 @@ def nin(*, batch_norm=False, dropout=0.5, num_classes=10, input_shape=(32, 32, 3
 
 # The paper trains "until the training accuracy stops improving" (no fixed schedule), so these
 # follow the reference Keras port, BIGBALLON/cifar-10-cnn 2_Network_in_Network. Milestones are
-# 0-based epochs at which the factor first applies: its `epoch <= 80` keeps lr until epoch 81.
+# 0-based epochs from which the factor applies: its `epoch <= 80` keeps the first rate through
+# epoch 80, so the first milestone is 81.
 NIN_RECIPE = dict(
     epochs=200, batch_size=128, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
     schedule="step", lr_milestones=[81, 141], lr_factor=[0.5, 0.2],

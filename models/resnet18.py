@@ -33,13 +33,14 @@ def imagenet_resnet(blocks=(2, 2, 2, 2), *, num_classes=10, input_shape=(32, 32,
     return keras.Model(inputs, outputs, name=name)
 
 
-# kuangliu/pytorch-cifar (README of 2017-2019): SGD momentum 0.9, weight decay 5e-4, batch 128,
-# lr 0.1 for epochs [0, 150), 0.01 for [150, 250), 0.001 for [250, 350).
+# kuangliu/pytorch-cifar: SGD momentum 0.9, weight decay 5e-4, batch 128 (main.py), and the manual
+# schedule of its earlier README, lr 0.1 for epochs [0, 150), 0.01 for [150, 250), 0.001 for
+# [250, 350). (It has since moved to cosine annealing over 200 epochs.)
 RESNET18_RECIPE = dict(
     epochs=350, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
     schedule="step", lr_milestones=[150, 250], lr_factor=[0.1],
     preprocess="standardize", augment="standard",
-    source="kuangliu/pytorch-cifar (main.py and README, manual step schedule)")
+    source="kuangliu/pytorch-cifar (main.py; step schedule of its earlier README)")
 
 register("resnet18", imagenet_resnet, blocks=(2, 2, 2, 2),
          paper="He et al. 2016, Deep Residual Learning for Image Recognition (ResNet-18, CIFAR stem "

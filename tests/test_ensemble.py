@@ -16,7 +16,7 @@ import pytest
 import data
 import ensemble
 import train
-from cifar_files import png_bytes, write_png_folder
+from cifar_files import images_for, png_bytes, write_png_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = set(data.CLASS_NAMES)
@@ -249,8 +249,10 @@ def test_error_in_a_real_process_has_no_traceback(tmp_path):
 # --------------------------------------------------------------------------- Kaggle and --predict
 
 def kaggle_folder(path, ids, seed=0):
-    """Random 32x32 RGB images named <id>.png, written in shuffled order; returns {id: image}."""
-    images = np.random.default_rng(seed).integers(0, 256, (len(ids), 32, 32, 3), np.uint8)
+    """Images of random classes (their colour shows it) named <id>.png, written in shuffled order;
+    returns {id: image}. The tiny runs tell these apart, so a row given another image's label shows."""
+    rng = np.random.default_rng(seed)
+    images = images_for(rng.integers(0, 10, len(ids)), rng)
     write_png_folder(path, images, [f"{i}.png" for i in ids], seed=seed)
     return dict(zip(ids, images))
 
@@ -279,6 +281,7 @@ def test_submission_format(tiny_cifar, tiny_runs, tmp_path, capsys):
     assert [i for i, _ in rows] == list(range(1, 26))  # numeric order (10 after 9), each id once
     assert {label for _, label in rows} <= CLASSES
     labels, _ = expected_labels(tiny_runs, by_id)
+    assert len(set(labels.values())) >= 3  # else the next line could not tell rows apart
     assert dict(rows) == labels  # each row is the prediction for the image of that name
     assert os.listdir(sub.parent) == ["submission.csv"]  # no temporary file left
     assert read_json(out)["submission"]["images"] == 25

@@ -61,6 +61,10 @@ def test_end_to_end_writes_every_file(tiny_cifar, tmp_path, capsys):
     logits = model.predict(data.make_dataset(x_test, y_test, 64), verbose=0)
     assert metrics["test_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y_test))
     assert model.name == "lenet"
+    # best.keras loads in a process that has nothing of this project imported.
+    probe = subprocess.run([sys.executable, "-c", "import sys, keras; print(keras.saving.load_model(sys.argv[1]).name)",
+                            str(run / "best.keras")], capture_output=True, text=True, timeout=120, cwd="/")
+    assert probe.returncode == 0 and probe.stdout.strip() == "lenet", probe.stderr[-2000:]
 
 
 def test_learns_the_tiny_set(tiny_cifar, tmp_path):
@@ -140,18 +144,24 @@ def test_resume_rebuilds_from_the_commit_point(tiny_cifar, tmp_path):
     (run / "metrics.json").unlink()
     state["history"] = state["history"][:1]
     state["epochs_completed"] = 1
-    (run / "checkpoints" / state["checkpoint"]).rename(run / "checkpoints" / "epoch-0001.keras")
-    state["checkpoint"] = state["best"]["checkpoint"] = "epoch-0001.keras"
+    ckpt = run / "checkpoints"
+    (ckpt / state["checkpoint"]).rename(ckpt / "epoch-0001.keras")
+    (ckpt / state["best"]["checkpoint"]).rename(ckpt / "best-0001.keras")
+    state["checkpoint"] = "epoch-0001.keras"
+    state["best"] = {"epoch": 1, "val_accuracy": state["history"][0]["val_accuracy"], "checkpoint": "best-0001.keras"}
     (run / "state.json").write_text(json.dumps(state))
-    (run / "checkpoints" / "epoch-0002.keras").write_bytes(b"half")
+    (ckpt / "epoch-0002.keras").write_bytes(b"half")
+    (ckpt / "best-0002.keras").write_bytes(b"half")
     (run / ".history.csv.tmp").write_text("half")
     (run / "history.csv").write_text("garbage")
 
     assert train.main(tiny_args(root, run, "--epochs", "2")) == 0
     assert [r["epoch"] for r in read_history(run)] == ["1", "2"]
     assert not (run / ".history.csv.tmp").exists()
-    assert {p.name for p in (run / "checkpoints").iterdir()} <= {"epoch-0001.keras", "epoch-0002.keras"}
-    assert (run / "checkpoints" / "epoch-0002.keras").read_bytes() != b"half"
+    left = {p.name for p in ckpt.iterdir()}
+    assert "epoch-0002.keras" in left and left <= {"epoch-0002.keras", "best-0001.keras", "best-0002.keras"}
+    assert all(p.read_bytes() != b"half" for p in ckpt.iterdir())
+    keras.saving.load_model(run / "best.keras")  # plain load: no optimizer, no custom classes needed
     assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == 2
 
 

@@ -1,0 +1,119 @@
+"""Several devices and several workers, on this CPU: logical CPU devices and local worker processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import data
+import distribute
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def tiny_args(root, run_dir, *extra):
+    return ["--model", "lenet", "--data-dir", str(root), "--run-dir", str(run_dir), "--epochs", "1",
+            "--val-split", "37", "--batch-size", "32", *extra]
+
+
+def accuracy_on_one_device(model_path, images, labels):
+    model = keras.saving.load_model(model_path)
+    logits = model.predict(data.make_dataset(images, labels, 64), verbose=0)
+    return float(np.mean(logits.argmax(1) == labels))
+
+
+def test_two_replicas_evaluate_every_image_once(tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    result = run_train(tiny_args(root, run, "--devices", "2"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["execution"]["replicas"] == 2 and metrics["execution"]["strategy"] == "mirrored"
+    assert metrics["execution"]["per_replica_batch"] == 16 and metrics["execution"]["global_batch"] == 32
+
+    # 37 validation images do not split evenly over 2 replicas: none may be dropped or doubled.
+    d = data.load_cifar10(root, verbose=False)
+    _, val = data.stratified_split(d.y_train, 37, seed=0)
+    assert metrics["val_accuracy"] == pytest.approx(
+        accuracy_on_one_device(run / "best.keras", d.x_train[val], d.y_train[val]), abs=1e-6)
+    assert metrics["test_accuracy"] == pytest.approx(
+        accuracy_on_one_device(run / "best.keras", d.x_test, d.y_test), abs=1e-6)
+
+
+def test_batch_must_split_over_replicas(tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    result = run_train(tiny_args(root, tmp_path / "run", "--devices", "2", "--batch-size", "33"))
+    assert result.returncode == 2
+    assert "error: batch size 33 does not split evenly over 2 replicas" in result.stderr
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback(tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    procs = []
+    try:
+        for index in range(2):
+            env = {**os.environ, "TMPDIR": str(scratch),
+                   "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+            procs.append(subprocess.Popen([sys.executable, "train.py", *tiny_args(root, run)], cwd=ROOT, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["execution"]["strategy"] == "multi_worker"
+    assert metrics["execution"]["workers"] == 2 and metrics["execution"]["replicas"] == 2
+    assert (run / "best.keras").is_file() and (run / "last.keras").is_file()
+    assert not [p for p in scratch.iterdir() if p.name.startswith("cifar10-worker")]  # the worker's folder is gone
+    assert "Finished" in outputs[1][0]  # the other worker trained too, in its own temporary folder
+
+
+def test_jit_trains_an_epoch(tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    metrics = train.train("lenet", dataset=data.load_cifar10(root, verbose=False), run_dir=run, epochs=1,
+                          val_split=37, batch_size=32, jit=True, verbose=0)
+    assert metrics["execution"]["jit"] is True and metrics["epochs_completed"] == 1
+    assert np.isfinite(metrics["test_loss"])
+
+
+def test_mixed_precision_trains_or_is_refused(tiny_cifar, tmp_path, capsys):
+    root, _ = tiny_cifar
+    code = train.main(tiny_args(root, tmp_path / "run", "--mixed-precision"))
+    if distribute.cpu_has_bfloat16() or distribute.tf.config.list_physical_devices("GPU"):
+        assert code == 0
+        metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert metrics["execution"]["precision"].startswith("mixed_")
+    else:
+        assert code == 2
+        assert "error: --mixed-precision: no GPU, and this CPU has no native bfloat16" in capsys.readouterr().err
+    assert keras.mixed_precision.global_policy().name == "float32"
