@@ -480,6 +480,8 @@ def write_submission(members, weights, folder, out_path, *, batch_size=256, tta=
             raise EnsembleError(f"{len(decode_bad)} bad file(s) in {folder}: {describe_bad(decode_bad)}; "
                                 f"nothing was written to {out_path}. Fix or remove them, or pass --skip-bad")
         os.replace(tmp, out_path)
+    except OSError as e:
+        raise EnsembleError(f"cannot write {out_path}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
     if decode_bad:
@@ -620,7 +622,7 @@ def run_predict(args, members, weights):
             raise EnsembleError(f"{len(bad)} bad file(s): {describe_bad(bad)}")
         print(f"Skipped {len(bad)} bad file(s): {describe_bad(bad)}")
     if args.out:
-        train.write_json(args.out, {"members": [m.name for m in members], "weights": weights.tolist(),
+        _write_json(args.out, {"members": [m.name for m in members], "weights": weights.tolist(),
                                     "tta": TTA_DESCRIPTION[args.tta], "predictions": results,
                                     "skipped": [{"file": n, "reason": r} for n, r in bad]})
     return 0
@@ -629,6 +631,12 @@ def run_predict(args, members, weights):
 def run(args):
     _check_args(args)
     spec = parse_weights(args.weights, len(args.runs))  # before anything slow
+    out = Path(args.out or "ensemble.json")
+    submission = Path(args.submission or "submission.csv")
+    targets = ([out] if args.out or not args.predict else []) + ([submission] if args.kaggle_test_dir else [])
+    for path in targets:  # before any slow work
+        if not path.parent.is_dir():
+            raise EnsembleError(f"cannot write {path}: folder {path.parent} does not exist")
     kaggle_files = None
     if args.kaggle_test_dir:
         kaggle_files = check_kaggle_folder(args.kaggle_test_dir, args.skip_bad)
@@ -645,17 +653,23 @@ def run(args):
     report = evaluate(members, weights, dataset, select=args.select, tta=args.tta,
                       batch_size=args.batch_size, weights_mode=weights_mode)
     report["command"] = ["ensemble.py", *args.argv]
-    out = Path(args.out or "ensemble.json")
     print_table(report)
-    train.write_json(out, report)
+    _write_json(out, report)
     print(f"Wrote {out}")
     if args.kaggle_test_dir:
         chosen = [members[[m.name for m in members].index(n)] for n in report["ensemble"]["members"]]
         report["submission"] = write_submission(
-            chosen, report["ensemble"]["weights"], args.kaggle_test_dir, args.submission or "submission.csv",
+            chosen, report["ensemble"]["weights"], args.kaggle_test_dir, submission,
             batch_size=args.batch_size, tta=args.tta, skip_bad=args.skip_bad, files=kaggle_files)
-        train.write_json(out, report)
+        _write_json(out, report)
     return 0
+
+
+def _write_json(path, obj):
+    try:
+        train.write_json(path, obj)
+    except OSError as e:
+        raise EnsembleError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def main(argv=None):

@@ -320,8 +320,10 @@ def _versions():
 
 
 def _describe_differences(old, new):
+    """The settings that differ; a setting an older version did not record counts as its default."""
     keys = sorted((set(old) | set(new)) - set(RESUME_FREE))
-    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys
+            if old.get(k, DEFAULTS.get(k)) != new.get(k)]
 
 
 def default_run_dir(settings):

@@ -1,7 +1,14 @@
-"""Command line for the schedules: print or plot the lr of each epoch.
+"""Command line for the schedules: print or plot the lr of each epoch, or compare them in training.
 
     python -m htd show --schedule htd --epochs 200 --lr 0.1 [--htd-bounds L U] [--per epoch]
     python -m htd plot --schedules step cosine htd --epochs 200 --lr 0.1 --out lr.png [--log]
+    python -m htd compare --model resnet50 --schedules step cos htd --seeds 0 1 2 --epochs 200 \
+        --data-dir ../shared/data --out runs/htd
+
+`compare` trains the model once per (schedule, seed) through train.train() (each its own run
+folder under OUT/runs, so an interrupted comparison resumes), then writes OUT/results.csv,
+OUT/results.md (test accuracy median and mean +- std, validation accuracy, runs) and
+OUT/curves.png (the learning rate each run used and its validation accuracy, per epoch).
 
 `show` prints CSV with the header `epoch,lr` and one row per epoch, epochs counted from 0 (row e is
 the lr at the first step of epoch e, so a milestone at 100 shows first in row 100). The lr is
@@ -11,6 +18,7 @@ Bad input gives a one-line error on stderr and exit status 2.
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +26,10 @@ from htd.schedules import SCHEDULES, add_schedule_arguments, evaluate, lr_per_ep
     schedule_kwargs
 
 PROG = "python -m htd"
+ALIASES = {"cos": "cosine"}
+# The schedule flags of add_schedule_arguments, which are also train.py's setting names.
+SCHEDULE_SETTINGS = ("lr_milestones", "lr_factor", "htd_bounds", "warmup_epochs", "min_lr", "lr_gamma",
+                     "schedule_per")
 CIFAR10_STEPS_PER_EPOCH = 391  # 50,000 training images at batch 128, last batch partial
 
 
@@ -48,6 +60,21 @@ def build_parser():
     plot.add_argument("--log", action="store_true", help="logarithmic lr axis")
     add_schedule_arguments(plot, name=False, per_alias=True)
     plot.set_defaults(run=_plot)
+
+    compare = commands.add_parser("compare", help="train a model under several schedules and compare",
+                                  description="Train a model under each schedule and seed; compare.")
+    compare.add_argument("--model", default="resnet50", help="registered model (default resnet50: 6n+2, n=8)")
+    compare.add_argument("--schedules", nargs="+", default=["step", "cosine", "htd"], metavar="NAME",
+                         choices=(*SCHEDULES, *ALIASES), help="schedules to compare (default: step cosine htd)")
+    compare.add_argument("--seeds", type=int, nargs="+", default=[0])
+    compare.add_argument("--epochs", type=int, help="epochs per run (default: the model's recipe)")
+    compare.add_argument("--lr", type=float, help="base lr (default: the model's recipe)")
+    compare.add_argument("--batch-size", type=int, help="default: the model's recipe")
+    compare.add_argument("--val-split", type=int, help="validation images (default 5,000)")
+    compare.add_argument("--data-dir")
+    compare.add_argument("--out", required=True, help="folder for the runs, tables and charts")
+    add_schedule_arguments(compare, name=False)
+    compare.set_defaults(run=_compare)
     return parser
 
 
@@ -95,6 +122,53 @@ def _plot(args, out):
     ax.legend()
     fig.savefig(args.out, dpi=120)
     out.write(f"wrote {args.out}\n")
+
+
+def _compare(args, out):
+    import data
+    import series
+    import train
+
+    names = list(dict.fromkeys(ALIASES.get(n, n) for n in args.schedules))
+    common = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "val_split", *SCHEDULE_SETTINGS)}
+    common = {k: v for k, v in common.items() if v is not None}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    try:
+        results = series.run_grid(args.model, {n: {"schedule": n} for n in names}, args.seeds, args.out,
+                                  data_dir=args.data_dir, **common)
+    except (train.TrainError, data.DataError) as e:
+        raise ValueError(str(e)) from None
+    rows = series.summary_rows(results)
+    series.write_csv(Path(args.out) / "results.csv", rows)
+    lines = ["| schedule | test acc % median | test acc % mean ± std | val acc % mean ± std | runs | epochs | wall min |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['test_median']:.2f} | {r['test_mean']:.2f} ± {r['test_std']:.2f} | "
+              f"{r['val_mean']:.2f} ± {r['val_std']:.2f} | {r['runs']} | {r['epochs']} | {r['wall_minutes']} |"
+              for r in rows]
+    (Path(args.out) / "results.md").write_text("\n".join(lines) + "\n")
+    _plot_comparison(results, args.model, Path(args.out) / "curves.png")
+    out.write("\n".join(lines) + "\n")
+
+
+def _plot_comparison(results, model, path):
+    import series
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    lr_ax, acc_ax = fig.subplots(1, 2)
+    for name, runs in results.items():
+        lr = series.mean_curve(runs, "lr")
+        acc = series.mean_curve(runs, "val_accuracy") * 100
+        lr_ax.plot(np.arange(1, len(lr) + 1), lr, label=name)
+        acc_ax.plot(np.arange(1, len(acc) + 1), acc, label=f"{name} ({len(runs)} run(s))")
+    lr_ax.set(xlabel="epoch", ylabel="learning rate at the start of the epoch", title="learning rate")
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{model}: validation accuracy, mean of runs")
+    for ax in (lr_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.savefig(path, dpi=120)
 
 
 def main(argv=None):

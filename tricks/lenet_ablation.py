@@ -3,15 +3,13 @@
     python tricks/lenet_ablation.py --data-dir ../shared/data --out runs/tricks --epochs 200 --seeds 0 1 2
 
 Each variant is its parent plus exactly one change (the table VARIANTS), passed as overrides to
-the one training function, train.train(). Every (variant, seed) is its own run folder under
-OUT/runs, so an interrupted series resumes: finished runs are read back, not retrained, and a
-run cut off mid-way resumes after its last completed epoch. The series writes to OUT:
+the one training function through series.run_grid: every (variant, seed) is its own run folder
+under OUT/runs, and an interrupted series resumes where it stopped. The series writes to OUT:
 results.csv, results.md (variant, what it adds, val and test accuracy mean +- std over seeds, runs,
 epochs, wall time), curves.png (validation accuracy per epoch, mean over seeds) and bars.png.
 """
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
+import series  # noqa: E402
 import train  # noqa: E402
 
 MODEL = "lenet"
@@ -44,38 +43,12 @@ def variant_overrides(name):
     return {**(variant_overrides(parent) if parent else {}), **change}
 
 
-def run_series(variants, seeds, epochs, out, data_dir=None, dataset=None, verbose="auto", **common):
-    """Trains (or reads back) every (variant, seed); returns {variant: [(run folder, metrics)]}."""
-    if dataset is None:
-        dataset = data.load_cifar10(data_dir)
-    results = {}
-    for name in variants:
-        results[name] = []
-        for seed in seeds:
-            print(f"== {name} (seed {seed}): {VARIANTS[name][2]}", flush=True)
-            run_dir = Path(out) / "runs" / f"{name}-seed{seed}"
-            metrics = train.train(MODEL, run_dir=run_dir, dataset=dataset, verbose=verbose, epochs=epochs,
-                                  seed=seed, **common, **variant_overrides(name))
-            results[name].append((run_dir, metrics))
-    return results
-
-
-def _mean_std(values):
-    values = np.asarray([v for v in values if v is not None], float) * 100
-    if not len(values):
-        return float("nan"), float("nan")
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def summarise(results, epochs):
-    rows = []
-    for name, runs in results.items():
-        val, val_sd = _mean_std([m["val_accuracy"] for _, m in runs])
-        test, test_sd = _mean_std([m["test_accuracy"] for _, m in runs])
-        rows.append(dict(variant=name, adds=VARIANTS[name][2], val_mean=round(val, 2), val_std=round(val_sd, 2),
-                         test_mean=round(test, 2), test_std=round(test_sd, 2), runs=len(runs), epochs=epochs,
-                         wall_minutes=round(sum(m["wall_seconds"] for _, m in runs) / 60, 1),
-                         reference_test=REFERENCE.get(name)))
+def summarise(results):
+    """The series' summary rows, with what each variant adds and the reference's figure."""
+    rows = series.summary_rows(results)
+    for row in rows:
+        row["adds"] = VARIANTS[row["variant"]][2]
+        row["reference_test"] = REFERENCE.get(row["variant"])
     return rows
 
 
@@ -85,10 +58,7 @@ def write_reports(rows, results, out):
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    series.write_csv(out / "results.csv", rows)
     lines = ["| variant | adds | val acc % (mean ± std) | test acc % (mean ± std) | runs | epochs | wall min | reference test % (200 epochs, 1 run) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -100,9 +70,8 @@ def write_reports(rows, results, out):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, runs in results.items():
-        curves = [_val_curve(run_dir) for run_dir, _ in runs]
-        length = min(len(c) for c in curves)
-        ax.plot(np.arange(1, length + 1), np.mean([c[:length] for c in curves], axis=0) * 100, label=name)
+        curve = series.mean_curve(runs, "val_accuracy") * 100
+        ax.plot(np.arange(1, len(curve) + 1), curve, label=name)
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="LeNet on CIFAR-10: validation accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -128,11 +97,6 @@ def write_reports(rows, results, out):
     plt.close(fig)
 
 
-def _val_curve(run_dir):
-    with open(Path(run_dir) / "history.csv") as f:
-        return np.array([float(r["val_accuracy"]) for r in csv.DictReader(f)])
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir")
@@ -146,11 +110,12 @@ def main(argv=None):
     common = {k: v for k, v in dict(val_split=a.val_split, batch_size=a.batch_size).items() if v is not None}
     try:
         Path(a.out).mkdir(parents=True, exist_ok=True)
-        results = run_series(a.variants, a.seeds, a.epochs, a.out, data_dir=a.data_dir, **common)
+        variants = {name: variant_overrides(name) for name in a.variants}
+        results = series.run_grid(MODEL, variants, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **common)
     except (train.TrainError, data.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = summarise(results, a.epochs)
+    rows = summarise(results)
     write_reports(rows, results, a.out)
     print((Path(a.out) / "results.md").read_text())
     return 0

@@ -1,0 +1,76 @@
+"""A series of trainings: one model under several named sets of overrides, over seeds.
+
+The LeNet tricks ablation (tricks/) and the schedule comparison (`python -m htd compare`) are
+both a series. Each (variant, seed) is its own run folder OUT/runs/VARIANT-seedSEED trained by
+train.train(), so an interrupted series resumes: finished runs are read back, not retrained, and a
+run cut off mid-way resumes after its last completed epoch.
+"""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+import data
+import train
+
+
+def run_grid(model, variants, seeds, out, *, dataset=None, data_dir=None, verbose="auto", **common):
+    """Trains (or reads back) every (variant, seed); returns {variant: [(run folder, metrics), ...]}.
+
+    `variants` maps a name to the settings it overrides; `common` applies to all of them.
+    """
+    if dataset is None:
+        dataset = data.load_cifar10(data_dir)
+    results = {}
+    for name, overrides in variants.items():
+        results[name] = []
+        for seed in seeds:
+            print(f"== {name}, seed {seed}", flush=True)
+            run_dir = Path(out) / "runs" / f"{name}-seed{seed}"
+            metrics = train.train(model, run_dir=run_dir, dataset=dataset, verbose=verbose, seed=seed,
+                                  **{**common, **overrides})
+            results[name].append((run_dir, metrics))
+    return results
+
+
+def percent_stats(values):
+    """(mean, sample std, median) of accuracies in percent; std 0 for a single run."""
+    values = np.asarray(values, float) * 100
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), std, float(np.median(values))
+
+
+def summary_rows(results):
+    """One dict per variant: val and test accuracy statistics (%), runs, wall minutes."""
+    rows = []
+    for name, runs in results.items():
+        metrics = [m for _, m in runs]
+        val = percent_stats([m["val_accuracy"] for m in metrics])
+        test = percent_stats([m["test_accuracy"] for m in metrics])
+        rows.append(dict(variant=name, val_mean=round(val[0], 2), val_std=round(val[1], 2),
+                         test_mean=round(test[0], 2), test_std=round(test[1], 2), test_median=round(test[2], 2),
+                         runs=len(metrics), epochs=metrics[0]["epochs_completed"],
+                         wall_minutes=round(sum(m["wall_seconds"] for m in metrics) / 60, 1)))
+    return rows
+
+
+def history(run_dir):
+    """history.csv of a run as {column: numpy array}."""
+    with open(Path(run_dir) / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in rows[0]}
+
+
+def mean_curve(runs, column):
+    """The mean over runs of a history column, cut to the shortest run."""
+    curves = [history(run_dir)[column] for run_dir, _ in runs]
+    length = min(len(c) for c in curves)
+    return np.mean([c[:length] for c in curves], axis=0)
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
