@@ -51,7 +51,14 @@ OFFICIAL_COUNTS = {"train": 50000, "test": 10000}
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 PREPROCESSING = ("standardize", "scale")  # (x - mean) / std, or x / 255
-AUGMENTATIONS = ("standard", "none")  # pad 4 + random 32x32 crop + random flip, or nothing
+# standard: pad 4 + random 32x32 crop + random flip (He et al. 2016); none; kaggle: the colour and
+# scale augmentation of the Kaggle MXNet/Gluon reference (random-resized crop of 64-100 % of the
+# area, flip, brightness and hue jitter). Cutout and mixup go on top of any of them.
+AUGMENTATIONS = ("standard", "none", "kaggle")
+KAGGLE_SCALE = (0.64, 1.0)   # area of the random-resized crop
+KAGGLE_RATIO = (3 / 4, 4 / 3)  # aspect ratio of the random-resized crop
+KAGGLE_BRIGHTNESS = 0.4      # brightness factor in [1 - b, 1 + b]
+KAGGLE_HUE = 0.05            # hue shift in [-h, h] turns
 PAD = 4
 
 CACHE_VERSION = 1
@@ -397,19 +404,72 @@ def augment_batch(images, seed):
     return tf.gather(crops, cols, axis=2, batch_dims=1)
 
 
+def kaggle_augment_batch(images, seed):
+    """Random-resized crop (64-100 % of the area, aspect 3/4-4/3) back to 32x32, random flip,
+    brightness and hue jitter, per image, for a whole uint8 batch; returns float32 pixels 0..255."""
+    tf = _tf()
+    n = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    area = tf.random.stateless_uniform([n], seeds[0], *KAGGLE_SCALE)
+    log_ratio = tf.random.stateless_uniform([n], seeds[1], *np.log(KAGGLE_RATIO))
+    h = tf.minimum(tf.sqrt(area / tf.exp(log_ratio)), 1.0)
+    w = tf.minimum(tf.sqrt(area * tf.exp(log_ratio)), 1.0)
+    corner = tf.random.stateless_uniform([n, 2], seeds[2]) * tf.stack([1 - h, 1 - w], axis=1)
+    boxes = tf.concat([corner, corner + tf.stack([h, w], axis=1)], axis=1)
+    flip = tf.random.stateless_uniform([n], seeds[3]) < 0.5
+    boxes = tf.where(flip[:, None], tf.gather(boxes, [0, 3, 2, 1], axis=1), boxes)  # x1 > x2 mirrors the crop
+    x = tf.image.crop_and_resize(tf.cast(images, tf.float32), boxes, tf.range(n), IMAGE_SHAPE[:2])
+    brightness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[4], 1 - KAGGLE_BRIGHTNESS, 1 + KAGGLE_BRIGHTNESS)
+    hsv = tf.image.rgb_to_hsv(tf.clip_by_value(x * brightness, 0, 255) / 255)
+    hue = tf.random.stateless_uniform([n, 1, 1], seeds[5], -KAGGLE_HUE, KAGGLE_HUE)
+    hsv = tf.stack([tf.math.floormod(hsv[..., 0] + hue, 1.0), hsv[..., 1], hsv[..., 2]], axis=-1)
+    return tf.image.hsv_to_rgb(hsv) * 255
+
+
+def cutout_batch(images, seed, size):
+    """Zeroes one size x size square per image (DeVries & Taylor 2017), its centre uniform over the
+    image so that part of the square may fall outside; applied to normalised images, as there."""
+    tf = _tf()
+    n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    unit = tf.random.stateless_uniform([n, 2], seed)
+    top_left = tf.cast(unit * tf.constant([h, w], tf.float32), tf.int32) - size // 2
+    rows = tf.range(h)[None, :] - top_left[:, :1]
+    cols = tf.range(w)[None, :] - top_left[:, 1:]
+    square = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
+    return images * tf.cast(~square, images.dtype)[..., None]
+
+
+def mixup_batch(images, labels, seed, alpha):
+    """Mixup (Zhang et al. 2018): one weight lam ~ Beta(alpha, alpha) per batch, each image mixed with
+    another of the batch (a random permutation), labels likewise; label rows still sum to 1."""
+    tf = _tf()
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    g = tf.random.stateless_gamma([2], seeds[0], alpha=alpha)
+    lam = g[0] / (g[0] + g[1])
+    perm = tf.argsort(tf.random.stateless_uniform([tf.shape(images)[0]], seeds[1]))
+    return (lam * images + (1 - lam) * tf.gather(images, perm),
+            lam * labels + (1 - lam) * tf.gather(labels, perm))
+
+
 def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", augment="none",
-                 shuffle=False, seed=0, epoch=0):
+                 cutout=0, mixup=0.0, flip=False, shuffle=False, seed=0, epoch=0):
     """A tf.data pipeline of (float32 images, one-hot float32 labels) batches.
 
     For training, pass `shuffle=True` and the epoch: the order and the augmentation of each epoch
     are fixed by (seed, epoch), so a resumed run sees exactly the epochs it would have seen.
     Images stay uint8 in memory and are gathered, augmented and normalised a batch at a time.
+    `cutout` (square side, 0 = off) and `mixup` (alpha, 0 = off) act after normalisation. `flip`
+    mirrors every image (for test-time augmentation).
     """
     tf = _tf()
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}; got {augment!r}")
     if preprocess_mode not in PREPROCESSING:
         raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSING)}; got {preprocess_mode!r}")
+    if not (isinstance(cutout, int) and 0 <= cutout <= IMAGE_SHAPE[0]):
+        raise ValueError(f"cutout must be a square side from 0 (off) to {IMAGE_SHAPE[0]}; got {cutout!r}")
+    if not mixup >= 0:
+        raise ValueError(f"mixup alpha must be >= 0 (0 = off); got {mixup!r}")
     n = len(images)
     order = np.random.default_rng([seed, 2, epoch]).permutation(n) if shuffle else np.arange(n)
     x = tf.constant(images)
@@ -417,10 +477,20 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
     augment_seed = tf.constant([seed, epoch], tf.int64)
 
     def load(step, index):
-        batch = tf.gather(x, index)
+        batch, onehot = tf.gather(x, index), tf.gather(y, index)
+        seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(augment_seed, step), 3)
         if augment == "standard":
-            batch = augment_batch(batch, tf.random.experimental.stateless_fold_in(augment_seed, step))
-        return preprocess(batch, preprocess_mode), tf.gather(y, index)
+            batch = augment_batch(batch, seeds[0])
+        elif augment == "kaggle":
+            batch = kaggle_augment_batch(batch, seeds[0])
+        batch = preprocess(batch, preprocess_mode)
+        if flip:
+            batch = tf.reverse(batch, axis=[2])
+        if cutout:
+            batch = cutout_batch(batch, seeds[1], cutout)
+        if mixup:
+            batch, onehot = mixup_batch(batch, onehot, seeds[2], mixup)
+        return batch, onehot
 
     ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int32)).batch(batch_size).enumerate()
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

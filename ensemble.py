@@ -389,19 +389,19 @@ def decode_batches(paths, batch_size):
 
 
 class Progress:
-    """One line updated in place on a terminal (a new line every 10 s otherwise)."""
+    """One line updated in place on a terminal (a new line every 10 s otherwise); `what` None: silent."""
 
     def __init__(self, total, what, stream=None):
         self.total, self.what, self.stream = total, what, stream or sys.stdout
         self.start = self.last = time.perf_counter()
-        self.tty = self.stream.isatty()
+        self.tty = self.stream.isatty() and what is not None
 
     def rate(self, done):
         return done / max(time.perf_counter() - self.start, 1e-9)
 
     def update(self, done):
         now = time.perf_counter()
-        if now - self.last >= (0.5 if self.tty else 10.0):
+        if self.what is not None and now - self.last >= (0.5 if self.tty else 10.0):
             self.last = now
             line = (f"  {self.what}: {done:,} / {self.total:,} images ({100 * done / self.total:.1f}%), "
                     f"{self.rate(done):,.0f} img/s")
@@ -479,6 +479,8 @@ def write_submission(members, weights, folder, out_path, *, batch_size=256, tta=
         if decode_bad and not skip_bad:
             raise EnsembleError(f"{len(decode_bad)} bad file(s) in {folder}: {describe_bad(decode_bad)}; "
                                 f"nothing was written to {out_path}. Fix or remove them, or pass --skip-bad")
+        if len(failed) == len(good):
+            raise EnsembleError(f"no image of {folder} could be decoded; nothing was written to {out_path}")
         os.replace(tmp, out_path)
     except OSError as e:
         raise EnsembleError(f"cannot write {out_path}: {e.strerror or e}") from None
@@ -615,7 +617,7 @@ def run_predict(args, members, weights):
             print(f"{names[p].ljust(width)}  {data.CLASS_NAMES[c].ljust(10)}  {row[c]:.4f}")
 
     failed, _ = predict_images(members, weights, [p for _, p in good], batch_size=args.batch_size,
-                               tta=args.tta, on_batch=show, what="predicting")
+                               tta=args.tta, on_batch=show, what=None)  # the rows show the progress
     bad = bad + [(names[p], "does not decode to a 32x32 RGB image") for p in failed]
     if bad:
         if not args.skip_bad:
@@ -623,8 +625,8 @@ def run_predict(args, members, weights):
         print(f"Skipped {len(bad)} bad file(s): {describe_bad(bad)}")
     if args.out:
         _write_json(args.out, {"members": [m.name for m in members], "weights": weights.tolist(),
-                                    "tta": TTA_DESCRIPTION[args.tta], "predictions": results,
-                                    "skipped": [{"file": n, "reason": r} for n, r in bad]})
+                               "tta": TTA_DESCRIPTION[args.tta], "predictions": results,
+                               "skipped": [{"file": n, "reason": r} for n, r in bad]})
     return 0
 
 

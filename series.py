@@ -18,8 +18,12 @@ import train
 def run_grid(model, variants, seeds, out, *, dataset=None, data_dir=None, verbose="auto", **common):
     """Trains (or reads back) every (variant, seed); returns {variant: [(run folder, metrics), ...]}.
 
-    `variants` maps a name to the settings it overrides; `common` applies to all of them.
+    `variants` maps a name to the settings it overrides; `common` (settings, or train()'s other
+    keyword arguments) applies to all of them.
     """
+    for overrides in variants.values():  # bad settings fail now, not after hours of training
+        settings = {k: v for k, v in {**common, **overrides}.items() if k in train.SETTINGS}
+        train.resolve_settings(model, **settings)
     if dataset is None:
         dataset = data.load_cifar10(data_dir)
     results = {}

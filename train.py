@@ -50,8 +50,8 @@ DEFAULTS = dict(
     epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0,
     schedule="step", lr_milestones=None, lr_factor=[0.1], htd_bounds=[-6.0, 3.0], warmup_epochs=0,
     min_lr=0.0, lr_gamma=None, schedule_per="step", lr_scaling="linear",
-    preprocess="standardize", augment="standard", val_split=5000, split_seed=0, seed=0,
-    mixed_precision=False,
+    preprocess="standardize", augment="standard", cutout=0, mixup=0.0, label_smoothing=0.0,
+    val_split=5000, split_seed=0, seed=0, mixed_precision=False,
 )
 LR_SCALING = ("linear", "none")
 SETTINGS = tuple(DEFAULTS)
@@ -129,6 +129,12 @@ def _validate(s):
         raise TrainError(f"val split must be a whole number of images >= 0; got {s['val_split']!r}")
     if s["preprocess"] not in data.PREPROCESSING:
         raise TrainError(f"preprocess must be one of {', '.join(data.PREPROCESSING)}; got {s['preprocess']!r}")
+    if not 0 <= s["label_smoothing"] < 1:
+        raise TrainError(f"label smoothing must be in [0, 1); got {s['label_smoothing']!r}")
+    if isinstance(s["cutout"], bool) or not isinstance(s["cutout"], int) or not 0 <= s["cutout"] <= 32:
+        raise TrainError(f"cutout must be a square side from 0 (off) to 32; got {s['cutout']!r}")
+    if not s["mixup"] >= 0:
+        raise TrainError(f"mixup alpha must be >= 0 (0 = off); got {s['mixup']!r}")
     if s["lr_scaling"] not in LR_SCALING:
         raise TrainError(f"lr scaling must be one of {', '.join(LR_SCALING)}; got {s['lr_scaling']!r}")
     if s["augment"] not in data.AUGMENTATIONS:
@@ -273,7 +279,8 @@ def build_model(settings, steps_per_epoch, jit=False):
         learning_rate=make_schedule(settings, steps_per_epoch),
         momentum=settings["momentum"], nesterov=settings["nesterov"])
     model.compile(optimizer=optimizer,
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                            label_smoothing=settings["label_smoothing"]),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit)
     return model
 
@@ -358,14 +365,17 @@ def _worker_folder(home, index):
 
 
 def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbose="auto",
-          command=None, devices=None, jit=False, **overrides):
+          command=None, devices=None, jit=False, deterministic=False, **overrides):
     """Trains `model` with its recipe and `overrides`; returns the run's metrics.
 
     `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity; `devices` and
     `jit` choose where and how the steps run (see distribute.py), and may change when a run is
-    resumed. Raises TrainError for anything the user can fix.
+    resumed; `deterministic` turns on TensorFlow's op determinism (for the rest of the process).
+    Raises TrainError for anything the user can fix.
     """
     settings, sources = resolve_settings(model, **overrides)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
     try:
         placement = distribute.place(devices)
         policy = distribute.mixed_precision_policy() if settings["mixed_precision"] else "float32"
@@ -389,7 +399,8 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
         execution = {"strategy": placement.kind, "replicas": placement.replicas, "workers": placement.num_workers,
                      "devices": placement.devices, "global_batch": settings["batch_size"],
                      "per_replica_batch": settings["batch_size"] // placement.replicas,
-                     "lr": settings["lr"], "lr_source": sources["lr"], "precision": policy, "jit": bool(jit)}
+                     "lr": settings["lr"], "lr_source": sources["lr"], "precision": policy, "jit": bool(jit),
+                     "deterministic": bool(deterministic)}
         with placement.strategy.scope():
             return _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit)
     finally:
@@ -445,7 +456,8 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
 
     for epoch in range(state["epochs_completed"], settings["epochs"]):
         train_ds = data.make_dataset(x_train, y_train, settings["batch_size"], augment=settings["augment"],
-                                     shuffle=True, seed=settings["seed"], epoch=epoch, **pipeline)
+                                     cutout=settings["cutout"], mixup=settings["mixup"], shuffle=True,
+                                     seed=settings["seed"], epoch=epoch, **pipeline)
         lr = float(f"{current_lr(model_):.6g}")  # the float32 value, without its binary noise
         history = model_.fit(train_ds, validation_data=val_ds, epochs=epoch + 1, initial_epoch=epoch,
                              verbose=fit_verbose, shuffle=False, callbacks=callbacks)
@@ -489,17 +501,22 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch)
         kept, epoch = "last.keras", state["epochs_completed"]
         why = "no validation split, so the last epoch"
     model = keras.saving.load_model(run.path / kept, compile=False)
-    model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    test_ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"])
-    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    test = {}
+    for flip in (False, True):
+        ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"],
+                               flip=flip)
+        test[flip] = np.asarray(keras.ops.softmax(model.predict(ds, verbose=0).astype(np.float32)))
+    labels = dataset.y_test.astype(int)
+    plain, tta = test[False], (test[False] + test[True]) / 2
     history = state["history"]
     speeds = [n_train / r["train_seconds"] for r in history if r.get("train_seconds")]
     return {
         "model": settings["model"],
         "val_accuracy": state["best"]["val_accuracy"] if state["best"] else None,
-        "test_accuracy": float(test["accuracy"]),
-        "test_loss": float(test["loss"]),
+        "test_accuracy": float(np.mean(plain.argmax(1) == labels)),
+        "test_loss": float(-np.mean(np.log(np.maximum(plain[np.arange(len(labels)), labels], 1e-12)))),
+        # The same model on each test image and its mirror image, softmax outputs averaged.
+        "test_accuracy_flip_tta": float(np.mean(tta.argmax(1) == labels)),
         "test_model": f"{kept} (epoch {epoch}, {why})",
         "best_epoch": epoch,
         "last_val_accuracy": history[-1].get("val_accuracy"),
@@ -515,6 +532,26 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch)
 
 
 # --------------------------------------------------------------------------- command line
+
+def _train_seeds(model, seeds, out, execution, overrides):
+    """One run per seed (resumable, as any run), then RUN_DIR/summary.{json,md}."""
+    import series  # series builds on this module
+
+    try:
+        results = series.run_grid(model, {model: {}}, seeds, out, **execution, **overrides)
+    except data.DataError as e:
+        raise TrainError(str(e)) from None
+    row = series.summary_rows(results)[0]
+    runs = [{"run_dir": str(d), "seed": s, "val_accuracy": m["val_accuracy"], "test_accuracy": m["test_accuracy"],
+             "test_accuracy_flip_tta": m.get("test_accuracy_flip_tta")} for s, (d, m) in zip(seeds, results[model])]
+    write_json(out / "summary.json", {"model": model, "seeds": seeds, **row, "runs_detail": runs})
+    text = (f"{model}, {row['runs']} runs (seeds {', '.join(map(str, seeds))}), {row['epochs']} epochs: "
+            f"validation accuracy {row['val_mean']:.2f} ± {row['val_std']:.2f} %, test accuracy "
+            f"{row['test_mean']:.2f} ± {row['test_std']:.2f} % (mean ± sample std; test measured once per run "
+            "on the model its validation split chose)\n")
+    write_atomic(out / "summary.md", text)
+    print(text, end="")
+
 
 def build_parser():
     p = argparse.ArgumentParser(
@@ -535,10 +572,19 @@ def build_parser():
                    help="linear (default): a recipe's lr scales with --batch-size / the recipe's batch; "
                         "an --lr given is used as is")
     p.add_argument("--preprocess", choices=data.PREPROCESSING)
-    p.add_argument("--augment", choices=data.AUGMENTATIONS)
+    p.add_argument("--augment", choices=data.AUGMENTATIONS,
+                   help="standard: pad-4 crop + flip; kaggle: random-resized crop, flip, brightness, hue")
+    p.add_argument("--cutout", type=int, help="cutout square side (DeVries & Taylor: 16 for CIFAR-10; 0 = off)")
+    p.add_argument("--mixup", type=float, help="mixup alpha (Zhang et al.; 0 = off)")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing epsilon (0 = off)")
     p.add_argument("--val-split", type=int, help="training images held out for validation (0: none)")
     p.add_argument("--split-seed", type=int, help="seed of the validation split (default 0, shared by all runs)")
     p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="one run per seed, in RUN_DIR/runs/MODEL-seedS (RUN_DIR default runs/MODEL), and "
+                        "RUN_DIR/summary.md with mean and std of the accuracies")
+    p.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow op determinism: the same seed on the same machine gives the same numbers")
     p.add_argument("--mixed-precision", action="store_true", default=None,
                    help="float16 on GPUs, bfloat16 on CPUs that compute it natively; refused elsewhere")
     p.add_argument("--devices", type=int,
@@ -555,14 +601,22 @@ def main(argv=None):
     if args.list_models:
         print("\n".join(models.list_models()))
         return 0
-    overrides = {k: v for k, v in vars(args).items() if k in SETTINGS}
+    overrides = {k: v for k, v in vars(args).items() if k in SETTINGS and v is not None}
     try:
         if args.describe_recipe:
             settings, sources = resolve_settings(args.model, **overrides)
             print(json.dumps({"settings": settings, "sources": sources}, indent=2))
             return 0
-        train(args.model, run_dir=args.run_dir, data_dir=args.data_dir, devices=args.devices, jit=args.jit,
-              command=["train.py", *(sys.argv[1:] if argv is None else argv)], **overrides)
+        execution = dict(data_dir=args.data_dir, devices=args.devices, jit=args.jit,
+                         deterministic=args.deterministic,
+                         command=["train.py", *(sys.argv[1:] if argv is None else argv)])
+        if args.seeds:
+            if args.seed is not None:
+                raise TrainError("give --seed or --seeds, not both")
+            _train_seeds(args.model, args.seeds, Path(args.run_dir or Path("runs") / args.model), execution,
+                         overrides)
+        else:
+            train(args.model, run_dir=args.run_dir, **execution, **overrides)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

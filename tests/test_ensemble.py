@@ -2,6 +2,7 @@
 tiny trained runs (different preprocessing), the Kaggle submission and --predict."""
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -216,6 +217,7 @@ def _other_data(config):
     ("other_data", "differs from the one {tmp}/b held out"),
     ("kaggle_missing", "{tmp}/kaggle is not a folder"),
     ("unknown_flag", "unrecognized arguments: --bogus"),
+    ("submission_folder", "cannot write {tmp}/no/s.csv: folder {tmp}/no does not exist"),
 ])
 def test_errors_are_one_line_with_exit_2(case, message, tiny_cifar, tiny_runs, tmp_path, capsys):
     root, _ = tiny_cifar
@@ -231,6 +233,8 @@ def test_errors_are_one_line_with_exit_2(case, message, tiny_cifar, tiny_runs, t
         "other_data": lambda: [b_copy(edit=_other_data), "--select", "greedy"],
         "kaggle_missing": lambda: [a, "--kaggle-test-dir", str(tmp_path / "kaggle")],
         "unknown_flag": lambda: [a, "--bogus"],
+        "submission_folder": lambda: [a, "--kaggle-test-dir", str(tmp_path),
+                                      "--submission", str(tmp_path / "no" / "s.csv")],
     }[case]()
     out = tmp_path / "ens.json"
     assert ensemble.main([*argv, "--data-dir", str(root), "--out", str(out)]) == 2
@@ -355,6 +359,21 @@ def test_folder_is_read_in_batches(tiny_runs, members, tmp_path, monkeypatch):
         sizes = [n for name, n in seen if name == m.name]
         assert sizes == [8, 8, 8, 1]  # never more than a batch of images at a time
     assert len(read_submission(tmp_path / "s.csv")[1]) == 25
+
+
+def test_progress_line_reports_images_per_second():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    progress = ensemble.Progress(300, "predicting test/", stream)
+    progress.last -= 1  # as if a second had passed since the last line
+    progress.update(120)
+    line = stream.getvalue()
+    assert line.startswith("\r  predicting test/: 120 / 300 images (40.0%), ") and line.endswith(" img/s")
+    progress.update(150)  # too soon after the last line: nothing new
+    assert stream.getvalue() == line
 
 
 def test_predict_one_file_and_a_folder(tiny_runs, tmp_path, capsys):
