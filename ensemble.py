@@ -287,7 +287,7 @@ def validation_split(members, dataset):
         _, val_idx = data.stratified_split(dataset.y_train, val_split, split_seed)
     except ValueError as e:
         raise EnsembleError(f"cannot reproduce the validation split of {members[0].name}: {e}") from None
-    if sha is not None and train._sha(val_idx) != sha:
+    if sha is not None and train.indices_fingerprint(val_idx) != sha:
         raise EnsembleError(f"the validation split recomputed from {dataset.source} differs from the one "
                             f"{members[0].name} held out (val_indices_sha256): the runs were trained on other "
                             "data; pass the same --data-dir")

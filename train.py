@@ -23,6 +23,7 @@ resumes after the last completed epoch; re-running a finished run leaves it as i
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
@@ -427,7 +428,7 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
         write_json(run.path / "config.json", {
             "settings": settings, "sources": sources, "command": command, "execution": execution,
             "data": {"source": dataset.source, "train_images": len(x_train), "val_images": len(x_val),
-                     "test_images": len(dataset.x_test), "val_indices_sha256": _sha(val_idx)},
+                     "test_images": len(dataset.x_test), "val_indices_sha256": indices_fingerprint(val_idx)},
             "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 
@@ -487,8 +488,8 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
     return metrics
 
 
-def _sha(indices):
-    import hashlib
+def indices_fingerprint(indices):
+    """sha256 of a list of image indices (the validation split), to tell whether two runs share it."""
     return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()
 
 

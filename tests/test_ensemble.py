@@ -167,6 +167,18 @@ def test_end_to_end_matches_each_runs_metrics(tiny_cifar, tiny_runs, tmp_path, c
     assert str(tiny_runs[1]) in table and f"test accuracy {expected:.4f}" in table
 
 
+def test_tta_matches_the_runs_own_flip_measurement(tiny_cifar, tiny_runs, tmp_path):
+    """train.py measures flip TTA too. (On the tiny set, whose class is a colour, flipping rarely
+    changes an answer; test_predict_probs_uses_each_members_preprocessing checks the probabilities.)"""
+    root, _ = tiny_cifar
+    out = tmp_path / "ens.json"
+    assert ensemble.main([*map(str, tiny_runs), "--data-dir", str(root), "--out", str(out), "--tta"]) == 0
+    report = read_json(out)
+    assert report["tta"] == "mean of the image and its horizontal flip"
+    for run, m in zip(tiny_runs, report["members"]):
+        assert m["test_accuracy"] == pytest.approx(read_json(run / "metrics.json")["test_accuracy_flip_tta"])
+
+
 def test_greedy_selection_on_the_runs_validation_split(tiny_cifar, tiny_runs, tmp_path):
     root, (x_train, y_train, x_test, y_test) = tiny_cifar
     out = tmp_path / "ens.json"
