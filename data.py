@@ -476,6 +476,9 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
     y = tf.one_hot(tf.constant(labels, tf.int32), NUM_CLASSES)
     augment_seed = tf.constant([seed, epoch], tf.int64)
 
+    # Plain Python branches on settings, traced once: no autograph, which would also re-read this
+    # file's source while a long run is going, and trip over any edit made to it meanwhile.
+    @tf.autograph.experimental.do_not_convert
     def load(step, index):
         batch, onehot = tf.gather(x, index), tf.gather(y, index)
         seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(augment_seed, step), 3)

@@ -12,10 +12,12 @@ A run folder holds:
   state.json       the commit point of the last completed epoch (what resume reads)
   history.csv      one row per completed epoch, with the learning rate it started at
   tensorboard/     the same per-epoch figures for TensorBoard
-  last.keras       the model after the last completed epoch (with optimizer state)
-  best.keras       the model of the epoch with the highest validation accuracy
-  checkpoints/     the files last.keras and best.keras are links to
-  metrics.json     written once, when the run is finished
+  last.keras       the model after the last completed epoch, with optimizer state (to resume)
+  best.keras       the model of the epoch with the highest validation accuracy, for inference
+                   (architecture and weights: loads with plain keras.saving.load_model)
+  checkpoints/     the files state.json names; last.keras and best.keras are links to them
+  metrics.json     written once, when the run is finished: accuracies, which model the test
+                   accuracy belongs to, epochs, seconds, throughput, devices
 Every file is written to a temporary name and renamed into place, so killing the process at any
 moment leaves each file either old or new, never half-written. Running the same command again
 resumes after the last completed epoch; re-running a finished run leaves it as it is.
@@ -56,8 +58,6 @@ DEFAULTS = dict(
 )
 LR_SCALING = ("linear", "none")
 SETTINGS = tuple(DEFAULTS)
-# Settings that may differ between the command that started a run and the one resuming it.
-RESUME_FREE = ()
 
 
 class TrainError(Exception):
@@ -329,7 +329,7 @@ def _versions():
 
 def _describe_differences(old, new):
     """The settings that differ; a setting an older version did not record counts as its default."""
-    keys = sorted((set(old) | set(new)) - set(RESUME_FREE))
+    keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys
             if old.get(k, DEFAULTS.get(k)) != new.get(k)]
 
