@@ -135,6 +135,14 @@ def place(devices=None):
     return Placement(tf.distribute.get_strategy(), "default", ["/cpu:0"], 1, True, 0, 1)
 
 
+def check_jit(placement):
+    """XLA cannot compile one step over variables mirrored on several logical CPU devices
+    (TensorFlow's "tf.Variable on a different device" limitation); say so instead of failing later."""
+    if placement.kind == "mirrored" and all("CPU" in d.upper() for d in placement.devices):
+        raise DistributeError(f"--jit cannot be combined with {placement.replicas} logical CPU devices (XLA "
+                              "cannot compile variables mirrored over CPU devices); drop --jit or --devices")
+
+
 def cpu_has_bfloat16():
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); without it, it is emulated."""
     if platform.system() != "Linux":

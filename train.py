@@ -379,6 +379,8 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
         tf.config.experimental.enable_op_determinism()
     try:
         placement = distribute.place(devices)
+        if jit:
+            distribute.check_jit(placement)
         policy = distribute.mixed_precision_policy() if settings["mixed_precision"] else "float32"
     except distribute.DistributeError as e:
         raise TrainError(str(e)) from None

@@ -31,6 +31,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--torch-python", help="a Python with torch installed (default: skip the reference)")
     p.add_argument("--reference", default=str(REFERENCE))
+    p.add_argument("--ours-flags", default="", help="extra flags for bench/train_speed.py, e.g. '--jit'")
     a = p.parse_args(argv)
     if a.torch_python and not Path(a.reference).is_file():
         p.error(f"reference script not found: {a.reference}")
@@ -39,7 +40,7 @@ def main(argv=None):
         ours, theirs = [], []
         for _ in range(a.repeats):
             ours.append(run([sys.executable, "bench/train_speed.py", "--model", model, "--batch", str(a.batch),
-                             "--steps", str(a.steps)]))
+                             "--steps", str(a.steps), *a.ours_flags.split()]))
             print(json.dumps(ours[-1]), flush=True)
             if a.torch_python:
                 theirs.append(run([a.torch_python, a.reference, "--model", model, "--batch", str(a.batch),

@@ -5,7 +5,10 @@ it the training pipeline of `data.py` (gather, pad-4 crop + flip, normalise) ove
 CIFAR-shaped images, and times the steps after a warm-up with a per-batch callback, as
 ../shared/bench/torch_reference.py times its own. Prints one JSON line.
 
-    python bench/train_speed.py --model resnet20 --batch 128 --steps 100
+    python bench/train_speed.py --model resnet20 --batch 128 --steps 100 [--devices 2] [--jit]
+        [--mixed-precision]
+
+--devices, --jit and --mixed-precision mean what they mean for train.py (see distribute.py).
 """
 
 import argparse
@@ -22,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import data  # noqa: E402
+import distribute  # noqa: E402
 import train  # noqa: E402
 
 
@@ -33,9 +37,15 @@ class StepClock(keras.callbacks.Callback):
         self.ticks = []
 
 
-def measure(model_name, batch, steps, warmup, seed=0):
+def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, mixed_precision=False):
     settings, _ = train.resolve_settings(model_name, batch_size=batch, epochs=1)
-    model = train.build_model(settings, steps_per_epoch=warmup + steps)
+    placement = distribute.place(devices)
+    if jit:
+        distribute.check_jit(placement)
+    policy = distribute.mixed_precision_policy() if mixed_precision else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    with placement.strategy.scope():
+        model = train.build_model(settings, steps_per_epoch=warmup + steps, jit=jit)
     rng = np.random.default_rng(seed)
     n = (warmup + steps) * batch
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -48,6 +58,7 @@ def measure(model_name, batch, steps, warmup, seed=0):
     return {
         "framework": f"keras {keras.__version__} / tensorflow {__import__('tensorflow').__version__}",
         "model": model_name, "params": model.count_params(), "batch": batch,
+        "replicas": placement.replicas, "jit": jit, "precision": policy,
         "img_per_s": round(steps * batch / (ticks[-1] - ticks[0]), 1),
         "median_step_img_per_s": round(batch / float(np.median(np.diff(ticks))), 1),
     }
@@ -59,10 +70,14 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=100, help="timed steps")
     p.add_argument("--warmup", type=int, default=5, help="steps before timing (the first traces the step)")
+    p.add_argument("--devices", type=int, help="local devices (logical CPU devices where there is no GPU)")
+    p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
+    p.add_argument("--mixed-precision", action="store_true")
     a = p.parse_args(argv)
     if a.steps < 2 or a.warmup < 1 or a.batch < 1:
         p.error("--steps must be >= 2, --warmup >= 1 and --batch >= 1")
-    print(json.dumps(measure(a.model, a.batch, a.steps, a.warmup)), flush=True)
+    print(json.dumps(measure(a.model, a.batch, a.steps, a.warmup, devices=a.devices, jit=a.jit,
+                             mixed_precision=a.mixed_precision)), flush=True)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,14 @@ def test_two_replicas_evaluate_every_image_once(tiny_cifar, tmp_path):
         accuracy_on_one_device(run / "best.keras", d.x_test, d.y_test), abs=1e-6)
 
 
-def test_batch_must_split_over_replicas(tiny_cifar, tmp_path):
+def test_batch_must_split_over_replicas_and_jit_needs_one_cpu_device(tiny_cifar, tmp_path):
     root, _ = tiny_cifar
     result = run_train(tiny_args(root, tmp_path / "run", "--devices", "2", "--batch-size", "33"))
     assert result.returncode == 2
     assert "error: batch size 33 does not split evenly over 2 replicas" in result.stderr
+    result = run_train(tiny_args(root, tmp_path / "run", "--devices", "2", "--jit"))
+    assert result.returncode == 2
+    assert "error: --jit cannot be combined with 2 logical CPU devices" in result.stderr
 
 
 def _free_ports(n):
