@@ -9,6 +9,7 @@ parameter count the paper prints, and the training recipe of the reference resul
 """
 
 import fnmatch
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -52,6 +53,9 @@ def create_model(name, **overrides):
     The model returns logits and is named `name`.
     """
     entry = get_entry(name)
+    # Keras walks a functional graph recursively to build, save and load it; resnet1202's ~4,800
+    # layers need more than Python's default limit of 1,000, for the rest of the process.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
     return entry.builder(**{**entry.kwargs, **overrides, "name": name})
 
 

@@ -8,7 +8,7 @@ from models.registry import register
 
 def wrn(depth, width, *, dropout=0.0, num_classes=10, input_shape=(32, 32, 3), weight_decay=0.0,
         name="wrn"):
-    """WRN-`depth`-`width` (Zagoruyko & Komodakis 2016, Table 4): wrn_28_10 has 36.5M parameters.
+    """WRN-`depth`-`width` (Zagoruyko & Komodakis 2016): wrn_28_10 has 36.5M parameters.
 
     A 3x3 stem of 16 channels, three stages of (depth - 4) / 6 pre-activation basic blocks of
     widths 16k, 32k, 64k, then BN-ReLU, average pooling and a dense layer. `dropout` is applied

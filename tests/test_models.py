@@ -42,12 +42,12 @@ GOLDEN = {
     "wrn_40_4": (8_949_210, 8_972_340),
 }
 
-# Above ~10M parameters, or thousands of layers: built once (at 100 classes) and marked slow.
+# Above ~10M parameters, or near a thousand layers and more: built once (at 100 classes), marked slow.
 SLOW = {"densenet_bc_190_40", "densenet_bc_250_24", "resnet18", "resnet1202", "resnext29_16x64d",
         "resnext29_4x64d", "resnext29_8x64d", "se_resnext29_4x64d", "vgg19", "wrn_16_8", "wrn_28_10"}
 
-# Correct models whose count the paper prints truncated instead of rounded (see docs/MODELS.md):
-# ResNeXt-29 16x64d has 68,155,210 parameters, "68.1M" in the paper.
+# Models whose paper figure is our count truncated, not rounded: ResNeXt-29 16x64d has 68,155,210
+# parameters, "68.1M" in the paper (docs/MODELS.md says why the architecture is still the paper's).
 TRUNCATED_IN_PAPER = {"resnext29_16x64d"}
 
 RECIPE_KEYS = {"epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule",
