@@ -561,6 +561,9 @@ def build_parser():
         description="Train a CIFAR-10 model with its reference recipe; any flag overrides the recipe.")
     p.add_argument("--model", default="resnet20", help="registered model name (see --list-models)")
     p.add_argument("--list-models", action="store_true", help="print the registered model names and exit")
+    p.add_argument("--describe", nargs="?", const="*", metavar="PATTERN",
+                   help="print the table of models matching PATTERN (default all): trainable parameters, "
+                        "mult-adds per image, paper, the paper's count; builds each model once")
     p.add_argument("--describe-recipe", action="store_true",
                    help="print the resolved settings and their sources as JSON, and exit")
     p.add_argument("--epochs", type=int)
@@ -603,6 +606,14 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.list_models:
         print("\n".join(models.list_models()))
+        return 0
+    if args.describe:
+        from models import describe
+        names = models.list_models(args.describe)
+        if not names:
+            print(f"error: no model matches {args.describe!r}; see --list-models", file=sys.stderr)
+            return 2
+        print(describe.markdown_table(describe.describe(names)), end="")
         return 0
     overrides = {k: v for k, v in vars(args).items() if k in SETTINGS and v is not None}
     try:

@@ -230,6 +230,13 @@ def test_list_models_prints_names(capsys):
     assert {"lenet", "resnet20", "resnet110"} <= set(names) and names == sorted(names)
 
 
+def test_describe_prints_the_model_table(capsys):
+    assert train.main(["--describe", "resnet2*"]) == 0
+    out = capsys.readouterr().out
+    assert "| `resnet20` | 269,722 | 0.270M |" in out and "| 0.27M | He et al. 2016" in out
+    assert train.main(["--describe", "nonet*"]) == 2
+
+
 def test_weight_decay_is_the_papers_coupled_l2():
     """One SGD-momentum step gives w - lr * (grad + wd * w) for the kernel, and leaves the bias undecayed."""
     from models.layers import l2
