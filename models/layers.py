@@ -50,6 +50,15 @@ def check_common(num_classes, input_shape):
         raise ValueError(f"input_shape must be (height, width, channels); got {input_shape!r}")
 
 
+def preact_and_shortcut(x, filters, strides, *, weight_decay, name):
+    """The shared BN-ReLU of a pre-activation unit, and its shortcut: the identity where the shape
+    is kept, else a 1x1 projection of the pre-activated input (the authors' and the WRN code)."""
+    pre = relu(bn(x, name=f"{name}_bn1"), name=f"{name}_relu1")
+    if strides == 1 and x.shape[-1] == filters:
+        return pre, x
+    return pre, conv(pre, filters, 1, strides=strides, weight_decay=weight_decay, name=f"{name}_shortcut_conv")
+
+
 def preact_basic_block(x, filters, strides=1, *, dropout=0.0, weight_decay=0.0, name):
     """Pre-activation residual unit (He et al. 2016b): BN-ReLU-conv3x3, BN-ReLU-conv3x3, add.
 
@@ -57,12 +66,7 @@ def preact_basic_block(x, filters, strides=1, *, dropout=0.0, weight_decay=0.0, 
     projection of the *pre-activated* input, as in the authors' code and the Wide ResNet code,
     so that the first BN-ReLU is shared by both paths.
     """
-    pre = relu(bn(x, name=f"{name}_bn1"), name=f"{name}_relu1")
-    if strides == 1 and x.shape[-1] == filters:
-        shortcut = x
-    else:
-        shortcut = conv(pre, filters, 1, strides=strides, weight_decay=weight_decay,
-                        name=f"{name}_shortcut_conv")
+    pre, shortcut = preact_and_shortcut(x, filters, strides, weight_decay=weight_decay, name=name)
     y = conv(pre, filters, 3, strides=strides, weight_decay=weight_decay, name=f"{name}_conv1")
     y = relu(bn(y, name=f"{name}_bn2"), name=f"{name}_relu2")
     if dropout:

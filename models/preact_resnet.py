@@ -2,18 +2,13 @@
 
 import keras
 
-from models.layers import bn, bn_relu, check_common, classifier, conv, preact_basic_block, relu
+from models.layers import bn, bn_relu, check_common, classifier, conv, preact_and_shortcut, preact_basic_block, relu
 from models.registry import register
 
 
 def _preact_bottleneck(x, filters, strides, *, weight_decay, name):
     width = filters // 4
-    pre = relu(bn(x, name=f"{name}_bn1"), name=f"{name}_relu1")
-    if strides == 1 and x.shape[-1] == filters:
-        shortcut = x
-    else:
-        shortcut = conv(pre, filters, 1, strides=strides, weight_decay=weight_decay,
-                        name=f"{name}_shortcut_conv")
+    pre, shortcut = preact_and_shortcut(x, filters, strides, weight_decay=weight_decay, name=name)
     # The stride sits on the first 1x1 convolution, as in the authors' released code.
     y = conv(pre, width, 1, strides=strides, weight_decay=weight_decay, name=f"{name}_conv1")
     y = relu(bn(y, name=f"{name}_bn2"), name=f"{name}_relu2")
