@@ -1,0 +1,57 @@
+"""How much of this CPU's FP32 throughput a training step uses.
+
+    python bench/flops.py --model resnet20 --img-per-s 494
+
+Prints one JSON line: the model's training FLOPs per image (3 x 2 x its mult-adds: one forward
+pass, and a backward pass costing twice the forward, the usual estimate for convolutional
+networks; mult-adds counted by models/describe.py, convolutions and dense layers only), the
+FP32 matrix-multiply rate TensorFlow reaches here (median of --repeats 4096x4096 products: the
+practical peak), and the share of it that the given training speed represents.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+from models import create_model  # noqa: E402
+from models.describe import mult_adds  # noqa: E402
+
+
+def gemm_gflops(n=4096, repeats=5):
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.linalg.matmul(a, b).numpy()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        rates.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates), rates
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--img-per-s", type=float, required=True, help="measured training images/s (bench/train_speed.py)")
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    train_flops = 6 * mult_adds(create_model(a.model))
+    peak, rates = gemm_gflops(repeats=a.repeats)
+    used = a.img_per_s * train_flops / 1e9
+    print(json.dumps({"model": a.model, "train_gflop_per_image": round(train_flops / 1e9, 4),
+                      "img_per_s": a.img_per_s, "training_gflop_per_s": round(used, 1),
+                      "gemm_gflop_per_s_median": round(peak, 1), "gemm_runs": [round(r, 1) for r in rates],
+                      "share_of_gemm_peak": round(used / peak, 3)}))
+
+
+if __name__ == "__main__":
+    main()
