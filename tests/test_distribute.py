@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -23,8 +25,8 @@ def run_train(args, timeout=300, env=None):
                           timeout=timeout, env=env)
 
 
-def tiny_args(root, run_dir, *extra):
-    return ["--model", "lenet", "--data-dir", str(root), "--run-dir", str(run_dir), "--epochs", "1",
+def tiny_args(root, run_dir, *extra, epochs=1):
+    return ["--model", "lenet", "--data-dir", str(root), "--run-dir", str(run_dir), "--epochs", str(epochs),
             "--val-split", "37", "--batch-size", "32", *extra]
 
 
@@ -72,20 +74,61 @@ def _free_ports(n):
     return ports
 
 
+def _start_workers(root, run, scratch, epochs):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TMPDIR": str(scratch),
+               "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen([sys.executable, "train.py", *tiny_args(root, run, epochs=epochs)], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.mark.slow
+def test_two_workers_resume_after_both_are_killed(tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    run, scratch = tmp_path / "run", tmp_path / "scratch"
+    scratch.mkdir()
+    procs = _start_workers(root, run, scratch, epochs=30)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            state = run / "state.json"
+            if state.exists() and json.loads(state.read_text())["epochs_completed"] >= 2:
+                break
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+            time.sleep(0.05)
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+        for p in procs:
+            p.wait(timeout=30)
+    finally:
+        for p in procs:
+            p.kill()
+    killed_at = json.loads((run / "state.json").read_text())["epochs_completed"]
+    assert 2 <= killed_at < 30 and not (run / "metrics.json").exists()
+
+    procs = _start_workers(root, run, scratch, epochs=30)
+    try:
+        outputs = [p.communicate(timeout=400) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+        assert f"after epoch {killed_at}/30" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 30 and metrics["execution"]["workers"] == 2
+
+
 @pytest.mark.slow
 def test_two_workers_on_loopback(tiny_cifar, tmp_path):
     root, _ = tiny_cifar
-    run = tmp_path / "run"
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    scratch = tmp_path / "scratch"
+    run, scratch = tmp_path / "run", tmp_path / "scratch"
     scratch.mkdir()
-    procs = []
+    procs = _start_workers(root, run, scratch, epochs=1)
     try:
-        for index in range(2):
-            env = {**os.environ, "TMPDIR": str(scratch),
-                   "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
-            procs.append(subprocess.Popen([sys.executable, "train.py", *tiny_args(root, run)], cwd=ROOT, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         outputs = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:
