@@ -287,11 +287,8 @@ def build_model(settings, steps_per_epoch, jit=False):
 
 
 def current_lr(model):
-    optimizer = model.optimizer
-    lr = optimizer.learning_rate
-    if callable(getattr(optimizer, "_learning_rate", None)):
-        lr = optimizer._learning_rate(optimizer.iterations)
-    return float(keras.ops.convert_to_numpy(lr))
+    """The lr of the optimizer's next step (Keras evaluates the schedule at its iteration count)."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 class Progress(keras.callbacks.ProgbarLogger):
