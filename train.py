@@ -45,6 +45,7 @@ import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
 import distribute  # noqa: E402
+import fused  # noqa: E402
 import models  # noqa: E402
 from htd import schedules  # noqa: E402
 
@@ -268,7 +269,7 @@ class RunFolder:
 
 # --------------------------------------------------------------------------- training
 
-def build_model(settings, steps_per_epoch, jit=False):
+def build_model(settings, steps_per_epoch, jit=False, fused_batch_norm=True, steps_per_execution=1):
     keras.utils.set_random_seed(settings["seed"])
     model = models.create_model(settings["model"], num_classes=data.NUM_CLASSES,
                                 weight_decay=settings["weight_decay"])
@@ -276,13 +277,16 @@ def build_model(settings, steps_per_epoch, jit=False):
         # Logits, softmax and loss in float32: float16 logits overflow and lose small probabilities.
         outputs = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(model.output)
         model = keras.Model(model.input, outputs, name=model.name)
+    if fused_batch_norm:
+        fused.use_fused_batch_norm(model)
     optimizer = keras.optimizers.SGD(
         learning_rate=make_schedule(settings, steps_per_epoch),
         momentum=settings["momentum"], nesterov=settings["nesterov"])
     model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                             label_smoothing=settings["label_smoothing"]),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit)
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit,
+                  steps_per_execution=steps_per_execution)
     return model
 
 
@@ -363,12 +367,13 @@ def _worker_folder(home, index):
 
 
 def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbose="auto",
-          command=None, devices=None, jit=False, deterministic=False, **overrides):
+          command=None, devices=None, jit=False, deterministic=False, keras_batch_norm=False, **overrides):
     """Trains `model` with its recipe and `overrides`; returns the run's metrics.
 
     `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity; `devices` and
     `jit` choose where and how the steps run (see distribute.py), and may change when a run is
-    resumed; `deterministic` turns on TensorFlow's op determinism (for the rest of the process).
+    resumed; `deterministic` turns on TensorFlow's op determinism (for the rest of the process);
+    `keras_batch_norm` keeps Keras' own batch-norm ops instead of the fused kernel (fused.py).
     Raises TrainError for anything the user can fix.
     """
     settings, sources = resolve_settings(model, **overrides)
@@ -400,16 +405,18 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
                      "devices": placement.devices, "global_batch": settings["batch_size"],
                      "per_replica_batch": settings["batch_size"] // placement.replicas,
                      "lr": settings["lr"], "lr_source": sources["lr"], "precision": policy, "jit": bool(jit),
+                     "batch_norm": "keras" if keras_batch_norm else "fused",
                      "deterministic": bool(deterministic)}
         with placement.strategy.scope():
-            return _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit)
+            return _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit,
+                        fuse=not keras_batch_norm)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if run is not home:
             shutil.rmtree(run.path, ignore_errors=True)
 
 
-def _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit):
+def _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit, fuse):
     if dataset is None:
         try:
             dataset = data.load_cifar10(data_dir)
@@ -435,10 +442,12 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
     if state is None:
         state = {"epochs_completed": 0, "checkpoint": None, "best": None, "history": [],
                  "wall_seconds": 0.0}
-        model_ = build_model(settings, steps_per_epoch, jit=jit)
+        model_ = build_model(settings, steps_per_epoch, jit=jit, fused_batch_norm=fuse)
     else:
         run.sync(state)
         model_ = keras.saving.load_model(run.path / "last.keras")
+        if fuse:
+            fused.use_fused_batch_norm(model_)
         model_.jit_compile = bool(jit)
         print(f"Resuming {run.path} after epoch {state['epochs_completed']}/{settings['epochs']}", flush=True)
 
@@ -478,7 +487,7 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
                     tf.summary.scalar(key, row[key])
         writer.flush()
 
-    metrics = _final_evaluation(run, state, settings, dataset, len(x_train), len(x_val), eval_batch)
+    metrics = _final_evaluation(run, state, settings, dataset, len(x_train), len(x_val), eval_batch, fuse)
     metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start
     metrics["execution"] = execution
     write_json(run.path / "metrics.json", metrics)
@@ -492,7 +501,7 @@ def indices_fingerprint(indices):
     return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()
 
 
-def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch):
+def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch, fuse):
     """The test set is used here, once, on the model the validation split chose."""
     if state["best"] is not None:
         kept, epoch = "best.keras", state["best"]["epoch"]
@@ -501,6 +510,8 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch)
         kept, epoch = "last.keras", state["epochs_completed"]
         why = "no validation split, so the last epoch"
     model = keras.saving.load_model(run.path / kept, compile=False)
+    if fuse:
+        fused.use_fused_batch_norm(model)
     test = {}
     for flip in (False, True):
         ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"],
@@ -594,6 +605,9 @@ def build_parser():
                    help="local devices: the first N GPUs, or N logical CPU devices where there is no GPU "
                         "(default: all GPUs, or the CPU); several machines: set TF_CONFIG")
     p.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    p.add_argument("--keras-batch-norm", action="store_true",
+                   help="Keras' own batch-norm ops instead of TensorFlow's fused kernel (slower; the "
+                        "same arithmetic, see fused.py)")
     p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
     p.add_argument("--run-dir", help="run folder (default runs/MODEL-seedSEED); rerun to resume")
     return p
@@ -619,7 +633,7 @@ def main(argv=None):
             print(json.dumps({"settings": settings, "sources": sources}, indent=2))
             return 0
         execution = dict(data_dir=args.data_dir, devices=args.devices, jit=args.jit,
-                         deterministic=args.deterministic,
+                         deterministic=args.deterministic, keras_batch_norm=args.keras_batch_norm,
                          command=["train.py", *(sys.argv[1:] if argv is None else argv)])
         if args.seeds:
             if args.seed is not None:

@@ -1,0 +1,70 @@
+"""TensorFlow's fused batch-norm kernel for the stock Keras `BatchNormalization` layers of a model.
+
+Keras 3 computes batch normalization on the TensorFlow backend from separate ops (`tf.nn.moments`,
+then `tf.nn.batch_normalization`), and its gradient from the gradients of each of them: several
+passes over every activation tensor, forward and backward. TensorFlow's `FusedBatchNormV3` does
+the statistics and the normalization in one kernel, and has a fused gradient; PyTorch, Keras 2 and
+tf.keras used it. For a network made of batch norms over wide tensors the difference is large:
+DenseNet-BC-100 trains about 1.25x faster with it here (BENCHMARKS.md).
+
+`use_fused_batch_norm(model)` switches the layers of a built model to the fused kernel, in place.
+It changes how each layer computes, not what: the same variables, the same arithmetic (moving
+statistics updated with the biased batch variance, as Keras does; float32 statistics under mixed
+precision, as Keras does), and the saved file is unchanged: the layers stay stock
+`keras.layers.BatchNormalization`, so a saved model loads with plain `keras.saving.load_model` and
+runs there with Keras' own implementation. tests/test_fused.py checks outputs, moving statistics
+and gradients against Keras' implementation.
+
+On other backends, and for layers the kernel does not cover (not over the last axis of a 4-D
+input, synchronized, renorm, masked), Keras' implementation runs as before.
+"""
+
+import types
+
+import keras
+
+
+def use_fused_batch_norm(model):
+    """Routes every stock BatchNormalization layer of `model` through the fused kernel; returns how many."""
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    count = 0
+    for layer in _all_layers(model):
+        if type(layer) is keras.layers.BatchNormalization and not (layer.renorm or layer.synchronized):
+            layer.call = types.MethodType(_fused_call, layer)
+            count += 1
+    return count
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _fused_call(self, inputs, training=None, mask=None):
+    import tensorflow as tf
+
+    rank = len(inputs.shape)
+    if mask is not None or rank != 4 or self.axis not in (-1, rank - 1):
+        return keras.layers.BatchNormalization.call(self, inputs, training=training, mask=mask)
+    x = tf.cast(inputs, "float32")  # statistics in float32 under mixed precision, as Keras does
+    channels = x.shape[-1]
+    gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
+    beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
+    if training and self.trainable:
+        y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
+            epsilon=self.epsilon, data_format="NHWC", is_training=True)
+        # The kernel returns the Bessel-corrected variance; Keras' moving variance uses the biased one.
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
+        variance = variance * ((n - 1.0) / n)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+    else:
+        y, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=tf.cast(self.moving_mean, "float32"),
+            variance=tf.cast(self.moving_variance, "float32"), epsilon=self.epsilon, data_format="NHWC",
+            is_training=False)
+    return tf.cast(y, self.compute_dtype)
