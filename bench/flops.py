@@ -41,16 +41,18 @@ def gemm_gflops(n=4096, repeats=5):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--img-per-s", type=float, required=True, help="measured training images/s (bench/train_speed.py)")
+    p.add_argument("--img-per-s", type=float, help="measured training images/s (bench/train_speed.py); "
+                   "without it, only the FLOPs per image and the GEMM rate are printed")
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
     train_flops = 6 * mult_adds(create_model(a.model))
     peak, rates = gemm_gflops(repeats=a.repeats)
-    used = a.img_per_s * train_flops / 1e9
-    print(json.dumps({"model": a.model, "train_gflop_per_image": round(train_flops / 1e9, 4),
-                      "img_per_s": a.img_per_s, "training_gflop_per_s": round(used, 1),
-                      "gemm_gflop_per_s_median": round(peak, 1), "gemm_runs": [round(r, 1) for r in rates],
-                      "share_of_gemm_peak": round(used / peak, 3)}))
+    out = {"model": a.model, "train_gflop_per_image": round(train_flops / 1e9, 4),
+           "gemm_gflop_per_s_median": round(peak, 1), "gemm_runs": [round(r, 1) for r in rates]}
+    if a.img_per_s is not None:
+        used = a.img_per_s * train_flops / 1e9
+        out.update(img_per_s=a.img_per_s, training_gflop_per_s=round(used, 1), share_of_gemm_peak=round(used / peak, 3))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,24 @@
 """Ours against ../shared/bench/torch_reference.py, alternating, in one sitting; a Markdown table.
 
     python bench/side_by_side.py --models lenet resnet20 --repeats 3 --torch-python /path/to/python
+        [--variant="" --variant=--keras-batch-norm]
 
-Each measurement is a fresh process (ours: bench/train_speed.py; the reference: its script, run
-with a Python that has torch installed). Runs alternate ours / reference so that a noisy
-neighbour hits both alike. Prints every JSON line, then the medians as a Markdown table.
+Each measurement is a fresh process: ours is bench/train_speed.py, once per --variant (extra flags
+for it; by default one variant, train.py's default path); the reference is its script, run with
+a Python that has torch installed. Runs alternate ours / reference so that a noisy neighbour hits
+both alike. "Peak memory" is the peak resident set size of the measuring process (all of it:
+interpreter, framework, model, optimizer state, data). Before each model, bench/flops.py gives its
+training FLOPs per image and the FP32 matrix-multiply rate of the moment; "% of peak" is ours
+against that rate. Prints every JSON line, then the medians as a Markdown table.
 """
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,8 +26,23 @@ REFERENCE = ROOT.parent / "shared" / "bench" / "torch_reference.py"
 
 
 def run(command):
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    """Runs `command`; its last stdout line as JSON, with the process' peak RSS in MiB added."""
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a chatty stderr cannot block the child
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4, not proc.wait(): it also gives the child's rusage
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read().strip().splitlines()[-1:] or ["no message"]
+    if proc.returncode != 0:
+        raise SystemExit(f"exit status {proc.returncode} from {' '.join(command)}: {tail[0]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mib"] = round(usage.ru_maxrss / 1024)  # KiB on Linux
+    return result
+
+
+def median(results, key):
+    return statistics.median(r[key] for r in results) if results else None
 
 
 def main(argv=None):
@@ -31,28 +53,39 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--torch-python", help="a Python with torch installed (default: skip the reference)")
     p.add_argument("--reference", default=str(REFERENCE))
-    p.add_argument("--ours-flags", default="", help="extra flags for bench/train_speed.py, e.g. '--jit'")
+    p.add_argument("--variant", action="append", dest="variants", metavar="FLAGS",
+                   help="flags for bench/train_speed.py, written --variant=--keras-batch-norm; repeat to compare "
+                        "several (default: one variant, no flags)")
     a = p.parse_args(argv)
     if a.torch_python and not Path(a.reference).is_file():
         p.error(f"reference script not found: {a.reference}")
+    variants = a.variants or [""]
     rows = []
     for model in a.models:
-        ours, theirs = [], []
+        cost = run([sys.executable, "bench/flops.py", "--model", model])
+        print(json.dumps(cost), flush=True)
+        ours, theirs = {v: [] for v in variants}, []
         for _ in range(a.repeats):
-            ours.append(run([sys.executable, "bench/train_speed.py", "--model", model, "--batch", str(a.batch),
-                             "--steps", str(a.steps), *a.ours_flags.split()]))
-            print(json.dumps(ours[-1]), flush=True)
+            for v in variants:
+                ours[v].append(run([sys.executable, "bench/train_speed.py", "--model", model, "--batch", str(a.batch),
+                                    "--steps", str(a.steps), *v.split()]))
+                print(json.dumps({"variant": v, **ours[v][-1]}), flush=True)
             if a.torch_python:
                 theirs.append(run([a.torch_python, a.reference, "--model", model, "--batch", str(a.batch),
                                    "--steps", str(a.steps)]))
                 print(json.dumps(theirs[-1]), flush=True)
-        mine = statistics.median(r["img_per_s"] for r in ours)
-        ref = statistics.median(r["img_per_s"] for r in theirs) if theirs else None
-        rows.append((model, a.batch, mine, ref))
-    print("\n| model | batch | ours img/s | PyTorch img/s | ratio |\n|---|---|---|---|---|")
-    for model, batch, mine, ref in rows:
-        ratio = f"{mine / ref:.2f}" if ref else "-"
-        print(f"| {model} | {batch} | {mine:,.0f} | {f'{ref:,.0f}' if ref else '-'} | {ratio} |")
+        ref, ref_mem = median(theirs, "img_per_s"), median(theirs, "peak_rss_mib")
+        for v in variants:
+            mine = median(ours[v], "img_per_s")
+            share = mine * cost["train_gflop_per_image"] / cost["gemm_gflop_per_s_median"]
+            rows.append((model, v, mine, ref, share, median(ours[v], "peak_rss_mib"), ref_mem))
+
+    print("\n| model | batch | ours (flags) | ours img/s | PyTorch img/s | ratio | ours % of peak "
+          "| ours peak MiB | PyTorch peak MiB |\n|---|---|---|---|---|---|---|---|---|")
+    for model, v, mine, ref, share, mem, ref_mem in rows:
+        print(f"| {model} | {a.batch} | {v or 'default'} | {mine:,.1f} | {f'{ref:,.1f}' if ref else '-'} "
+              f"| {f'{mine / ref:.2f}' if ref else '-'} | {100 * share:.0f} | {mem:,} "
+              f"| {f'{ref_mem:,}' if ref_mem else '-'} |")
 
 
 if __name__ == "__main__":

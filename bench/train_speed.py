@@ -6,9 +6,10 @@ CIFAR-shaped images, and times the steps after a warm-up with a per-batch callba
 ../shared/bench/torch_reference.py times its own. Prints one JSON line.
 
     python bench/train_speed.py --model resnet20 --batch 128 --steps 100 [--devices 2] [--jit]
-        [--mixed-precision]
+        [--mixed-precision] [--keras-batch-norm]
 
---devices, --jit and --mixed-precision mean what they mean for train.py (see distribute.py).
+--devices, --jit and --mixed-precision mean what they mean for train.py (see distribute.py);
+--keras-batch-norm measures Keras' own batch-norm ops in place of the fused kernel (fused.py).
 """
 
 import argparse
@@ -30,14 +31,17 @@ import train  # noqa: E402
 
 
 class StepClock(keras.callbacks.Callback):
+    """(step index, time) at the end of each execution: every step, or every k with steps_per_execution=k."""
+
     def on_train_batch_end(self, batch, logs=None):
-        self.ticks.append(time.perf_counter())
+        self.ticks.append((batch, time.perf_counter()))
 
     def on_train_begin(self, logs=None):
         self.ticks = []
 
 
-def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, mixed_precision=False):
+def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, mixed_precision=False,
+            keras_batch_norm=False, steps_per_execution=1):
     settings, _ = train.resolve_settings(model_name, batch_size=batch, epochs=1)
     placement = distribute.place(devices)
     if jit:
@@ -45,7 +49,8 @@ def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
     policy = distribute.mixed_precision_policy() if mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
     with placement.strategy.scope():
-        model = train.build_model(settings, steps_per_epoch=warmup + steps, jit=jit)
+        model = train.build_model(settings, steps_per_epoch=warmup + steps, jit=jit,
+                                  fused_batch_norm=not keras_batch_norm, steps_per_execution=steps_per_execution)
     rng = np.random.default_rng(seed)
     n = (warmup + steps) * batch
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -54,13 +59,19 @@ def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
                                 preprocess_mode=settings["preprocess"])
     clock = StepClock()
     model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
-    ticks = np.array(clock.ticks[warmup - 1:])
+    ticks = np.array([(step, t) for step, t in clock.ticks if step >= warmup - 1])
+    if len(ticks) < 2:
+        raise SystemExit(f"too few executions to time: give --steps (and --warmup) several times "
+                         f"--steps-per-execution {steps_per_execution}")
+    steps_timed, seconds = np.diff(ticks[:, 0]), np.diff(ticks[:, 1])
     return {
         "framework": f"keras {keras.__version__} / tensorflow {__import__('tensorflow').__version__}",
         "model": model_name, "params": model.count_params(), "batch": batch,
         "replicas": placement.replicas, "jit": jit, "precision": policy,
-        "img_per_s": round(steps * batch / (ticks[-1] - ticks[0]), 1),
-        "median_step_img_per_s": round(batch / float(np.median(np.diff(ticks))), 1),
+        "batch_norm": "keras" if keras_batch_norm else "fused",
+        "steps_per_execution": steps_per_execution,
+        "img_per_s": round(steps_timed.sum() * batch / seconds.sum(), 1),
+        "median_step_img_per_s": round(float(np.median(steps_timed * batch / seconds)), 1),
     }
 
 
@@ -73,11 +84,15 @@ def main(argv=None):
     p.add_argument("--devices", type=int, help="local devices (logical CPU devices where there is no GPU)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--keras-batch-norm", action="store_true",
+                   help="Keras' own batch-norm ops instead of the fused kernel train.py uses (fused.py)")
+    p.add_argument("--steps-per-execution", type=int, default=1, help="training steps per call into TensorFlow")
     a = p.parse_args(argv)
-    if a.steps < 2 or a.warmup < 1 or a.batch < 1:
-        p.error("--steps must be >= 2, --warmup >= 1 and --batch >= 1")
+    if a.steps < 2 or a.warmup < 1 or a.batch < 1 or a.steps_per_execution < 1:
+        p.error("--steps must be >= 2, and --warmup, --batch and --steps-per-execution >= 1")
     print(json.dumps(measure(a.model, a.batch, a.steps, a.warmup, devices=a.devices, jit=a.jit,
-                             mixed_precision=a.mixed_precision)), flush=True)
+                             mixed_precision=a.mixed_precision, keras_batch_norm=a.keras_batch_norm,
+                             steps_per_execution=a.steps_per_execution)), flush=True)
 
 
 if __name__ == "__main__":
