@@ -377,7 +377,11 @@ def preprocess(images, mode):
     tf = _tf()
     x = tf.cast(images, tf.float32) / 255.0
     if mode == "standardize":
-        return (x - tf.constant(CIFAR10_MEAN)) / tf.constant(CIFAR10_STD)
+        # Constants of the image's whole shape where it is known: TensorFlow's CPU kernels broadcast
+        # a [3] operand over the channels about 5 times slower. The same arithmetic either way.
+        shape = tuple(images.shape[1:]) if images.shape[1:].is_fully_defined() else (len(CIFAR10_MEAN),)
+        mean, std = (np.broadcast_to(np.float32(v), shape) for v in (CIFAR10_MEAN, CIFAR10_STD))
+        return (x - tf.constant(mean)) / tf.constant(std)
     if mode == "scale":
         return x
     raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSING)}; got {mode!r}")
@@ -386,22 +390,36 @@ def preprocess(images, mode):
 def augment_batch(images, seed):
     """Pad 4 with zeros, take a random 32x32 crop and flip half of the images, for a whole batch.
 
-    Works on uint8 pixels, so the padding is black as in torchvision's RandomCrop(32, 4). Every
-    image gets its own offsets and flip from a stateless generator keyed by `seed` (shape [2]), so
-    the same seed gives the same batch whatever the pipeline's parallelism.
+    uint8 (or float 0..255) pixels in, float32 pixels 0..255 out; the padding is black, as in
+    torchvision's RandomCrop(32, 4). Every image gets its own offsets and flip from a stateless
+    generator keyed by `seed` (shape [2]), so the same seed gives the same batch whatever the
+    pipeline's parallelism.
+    """
+    tf = _tf()
+    n = tf.shape(images)[0]
+    offsets = tf.random.stateless_uniform([n, 2], seed, maxval=2 * PAD + 1, dtype=tf.int32)
+    flip = tf.random.stateless_uniform([n], seed + 1, maxval=2, dtype=tf.int32)
+    return crop_and_flip(images, offsets - PAD, flip == 1)
+
+
+def crop_and_flip(images, offsets, flip):
+    """Each image's crop of its own size starting at (row, column) `offsets` (int32 [n, 2], may lie
+    outside the image: zeros there), mirrored where `flip` (bool [n]); float32 out.
+
+    One crop_and_resize with nearest sampling on boxes that land exactly on the pixels, a flip
+    being a box whose left edge lies right of its right edge: about twice as fast on CPU as the
+    pad and gathers it replaces. tests/test_data.py checks every offset and flip against
+    slicing the padded image.
     """
     tf = _tf()
     h, w = images.shape[1], images.shape[2]
-    n = tf.shape(images)[0]
-    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
-    offsets = tf.random.stateless_uniform([n, 2], seed, maxval=2 * PAD + 1, dtype=tf.int32)
-    flip = tf.random.stateless_uniform([n], seed + 1, maxval=2, dtype=tf.int32)
-    rows = offsets[:, :1] + tf.range(h)[None, :]
-    cols = offsets[:, 1:] + tf.range(w)[None, :]
-    # A flip reads the crop's columns right to left, so crop and flip are one gather.
-    cols = tf.where(flip[:, None] == 1, tf.reverse(cols, axis=[1]), cols)
-    crops = tf.gather(padded, rows, axis=1, batch_dims=1)
-    return tf.gather(crops, cols, axis=2, batch_dims=1)
+    top, left = tf.cast(offsets[:, 0], tf.float32), tf.cast(offsets[:, 1], tf.float32)
+    # Box corners in crop_and_resize's normalised coordinates: pixel p is p / (size - 1).
+    y1, y2 = top / (h - 1), (top + h - 1) / (h - 1)
+    x1, x2 = left / (w - 1), (left + w - 1) / (w - 1)
+    boxes = tf.stack([y1, tf.where(flip, x2, x1), y2, tf.where(flip, x1, x2)], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), [h, w], method="nearest",
+                                    extrapolation_value=0.0)
 
 
 def kaggle_augment_batch(images, seed):

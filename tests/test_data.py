@@ -254,6 +254,38 @@ def test_augmentation_is_a_padded_crop_or_its_mirror(tiny_cifar):
     np.testing.assert_array_equal(onehot.argmax(1), y)
 
 
+def test_crop_and_flip_matches_slicing_the_padded_image_for_every_offset_and_flip():
+    import tensorflow as tf
+    combos = [(r, c, f) for r in range(-4, 5) for c in range(-4, 5) for f in (False, True)]
+    images = np.random.default_rng(0).integers(0, 256, (len(combos), 32, 32, 3), np.uint8)
+    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    expected = np.stack([padded[i, 4 + r:36 + r, 4 + c:36 + c][:, ::-1 if f else 1]
+                         for i, (r, c, f) in enumerate(combos)])
+    out = data.crop_and_flip(tf.constant(images), tf.constant([[r, c] for r, c, _ in combos], tf.int32),
+                             tf.constant([f for *_, f in combos]))
+    assert out.dtype == tf.float32
+    np.testing.assert_array_equal(out.numpy(), expected.astype(np.float32))
+
+
+def test_standardisation_is_the_per_channel_formula_bit_for_bit():
+    """Eagerly and traced (where TensorFlow's graph optimiser rewrites the division): the same bits
+    as the per-channel formula, whether or not the image shape is known."""
+    import tensorflow as tf
+    x = tf.constant(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8))
+
+    def per_channel(t):
+        return (tf.cast(t, tf.float32) / 255.0 - tf.constant(data.CIFAR10_MEAN)) / tf.constant(data.CIFAR10_STD)
+
+    def standardize(t):
+        return data.preprocess(t, "standardize")
+
+    np.testing.assert_array_equal(standardize(x).numpy(), per_channel(x).numpy())
+    for shape in ([None, 32, 32, 3], [None, None, None, 3]):
+        spec = [tf.TensorSpec(shape, tf.uint8)]
+        traced, reference = (tf.function(f, input_signature=spec) for f in (standardize, per_channel))
+        np.testing.assert_array_equal(traced(x).numpy(), reference(x).numpy())
+
+
 def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch(tiny_cifar):
     _, (x, y, _, _) = tiny_cifar
 
