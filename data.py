@@ -379,7 +379,7 @@ def preprocess(images, mode):
     if mode == "standardize":
         # Constants of the image's whole shape where it is known: TensorFlow's CPU kernels broadcast
         # a [3] operand over the channels about 5 times slower. The same arithmetic either way.
-        shape = tuple(images.shape[1:]) if images.shape[1:].is_fully_defined() else (len(CIFAR10_MEAN),)
+        shape = tuple(x.shape[1:]) if x.shape[1:].is_fully_defined() else (len(CIFAR10_MEAN),)
         mean, std = (np.broadcast_to(np.float32(v), shape) for v in (CIFAR10_MEAN, CIFAR10_STD))
         return (x - tf.constant(mean)) / tf.constant(std)
     if mode == "scale":

@@ -269,6 +269,11 @@ class RunFolder:
 
 # --------------------------------------------------------------------------- training
 
+# Training steps per call into TensorFlow: fewer returns to Python, the same steps. It makes a
+# LeNet epoch about 13 % faster here and does not change the larger models' speed (BENCHMARKS.md).
+STEPS_PER_EXECUTION = 16
+
+
 def build_model(settings, steps_per_epoch, jit=False, fused_batch_norm=True, steps_per_execution=1):
     keras.utils.set_random_seed(settings["seed"])
     model = models.create_model(settings["model"], num_classes=data.NUM_CLASSES,
@@ -367,16 +372,21 @@ def _worker_folder(home, index):
 
 
 def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbose="auto",
-          command=None, devices=None, jit=False, deterministic=False, keras_batch_norm=False, **overrides):
+          command=None, devices=None, jit=False, deterministic=False, keras_batch_norm=False,
+          steps_per_execution=None, **overrides):
     """Trains `model` with its recipe and `overrides`; returns the run's metrics.
 
     `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity; `devices` and
     `jit` choose where and how the steps run (see distribute.py), and may change when a run is
     resumed; `deterministic` turns on TensorFlow's op determinism (for the rest of the process);
-    `keras_batch_norm` keeps Keras' own batch-norm ops instead of the fused kernel (fused.py).
+    `keras_batch_norm` keeps Keras' own batch-norm ops instead of the fused kernel (fused.py);
+    `steps_per_execution` training steps run per call into TensorFlow (the same steps, fewer calls;
+    default STEPS_PER_EXECUTION on one replica, 1 on several).
     Raises TrainError for anything the user can fix.
     """
     settings, sources = resolve_settings(model, **overrides)
+    if steps_per_execution is not None and not (isinstance(steps_per_execution, int) and steps_per_execution >= 1):
+        raise TrainError(f"--steps-per-execution must be a whole number >= 1, not {steps_per_execution!r}")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     try:
@@ -386,6 +396,12 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
         policy = distribute.mixed_precision_policy() if settings["mixed_precision"] else "float32"
     except distribute.DistributeError as e:
         raise TrainError(str(e)) from None
+    if placement.replicas > 1 and (steps_per_execution or 1) > 1:
+        # Keras 3 fails inside the step with several replicas (keras-team/keras#19246).
+        raise TrainError(f"--steps-per-execution {steps_per_execution} does not work with several replicas "
+                         f"({placement.replicas} here) in Keras {keras.__version__}; leave it out")
+    if steps_per_execution is None:
+        steps_per_execution = STEPS_PER_EXECUTION if placement.replicas == 1 else 1
     if settings["batch_size"] % placement.replicas:
         raise TrainError(f"batch size {settings['batch_size']} does not split evenly over "
                          f"{placement.replicas} replicas")
@@ -406,17 +422,18 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
                      "per_replica_batch": settings["batch_size"] // placement.replicas,
                      "lr": settings["lr"], "lr_source": sources["lr"], "precision": policy, "jit": bool(jit),
                      "batch_norm": "keras" if keras_batch_norm else "fused",
+                     "steps_per_execution": steps_per_execution,
                      "deterministic": bool(deterministic)}
         with placement.strategy.scope():
             return _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit,
-                        fuse=not keras_batch_norm)
+                        fuse=not keras_batch_norm, steps_per_execution=steps_per_execution)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if run is not home:
             shutil.rmtree(run.path, ignore_errors=True)
 
 
-def _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit, fuse):
+def _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit, fuse, steps_per_execution):
     if dataset is None:
         try:
             dataset = data.load_cifar10(data_dir)
@@ -442,13 +459,15 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
     if state is None:
         state = {"epochs_completed": 0, "checkpoint": None, "best": None, "history": [],
                  "wall_seconds": 0.0}
-        model_ = build_model(settings, steps_per_epoch, jit=jit, fused_batch_norm=fuse)
+        model_ = build_model(settings, steps_per_epoch, jit=jit, fused_batch_norm=fuse,
+                             steps_per_execution=steps_per_execution)
     else:
         run.sync(state)
         model_ = keras.saving.load_model(run.path / "last.keras")
         if fuse:
             fused.use_fused_batch_norm(model_)
         model_.jit_compile = bool(jit)
+        model_.steps_per_execution = steps_per_execution
         print(f"Resuming {run.path} after epoch {state['epochs_completed']}/{settings['epochs']}", flush=True)
 
     fit_verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose
@@ -608,6 +627,10 @@ def build_parser():
     p.add_argument("--keras-batch-norm", action="store_true",
                    help="Keras' own batch-norm ops instead of TensorFlow's fused kernel (slower; the "
                         "same arithmetic, see fused.py)")
+    p.add_argument("--steps-per-execution", type=int, metavar="N",
+                   help=f"training steps per call into TensorFlow: the same steps with less per-step "
+                        f"overhead, progress shown per N steps (default {STEPS_PER_EXECUTION} on one "
+                        f"device; 1, the only value Keras supports, on several)")
     p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
     p.add_argument("--run-dir", help="run folder (default runs/MODEL-seedSEED); rerun to resume")
     return p
@@ -634,6 +657,7 @@ def main(argv=None):
             return 0
         execution = dict(data_dir=args.data_dir, devices=args.devices, jit=args.jit,
                          deterministic=args.deterministic, keras_batch_norm=args.keras_batch_norm,
+                         steps_per_execution=args.steps_per_execution,
                          command=["train.py", *(sys.argv[1:] if argv is None else argv)])
         if args.seeds:
             if args.seed is not None:

@@ -6,10 +6,12 @@ CIFAR-shaped images, and times the steps after a warm-up with a per-batch callba
 ../shared/bench/torch_reference.py times its own. Prints one JSON line.
 
     python bench/train_speed.py --model resnet20 --batch 128 --steps 100 [--devices 2] [--jit]
-        [--mixed-precision] [--keras-batch-norm]
+        [--mixed-precision] [--keras-batch-norm] [--steps-per-execution N]
 
 --devices, --jit and --mixed-precision mean what they mean for train.py (see distribute.py);
---keras-batch-norm measures Keras' own batch-norm ops in place of the fused kernel (fused.py).
+--keras-batch-norm measures Keras' own batch-norm ops in place of the fused kernel (fused.py);
+--steps-per-execution runs N steps per call into TensorFlow (default: train.py's). The clock
+ticks once per call, so --warmup and --steps are rounded up to whole calls.
 """
 
 import argparse
@@ -41,9 +43,14 @@ class StepClock(keras.callbacks.Callback):
 
 
 def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, mixed_precision=False,
-            keras_batch_norm=False, steps_per_execution=1):
+            keras_batch_norm=False, steps_per_execution=None):
     settings, _ = train.resolve_settings(model_name, batch_size=batch, epochs=1)
     placement = distribute.place(devices)
+    if steps_per_execution is None:  # train.py's default
+        steps_per_execution = train.STEPS_PER_EXECUTION if placement.replicas == 1 else 1
+    # Whole executions only: the clock ticks once per execution of `steps_per_execution` steps.
+    k = steps_per_execution
+    warmup, steps = -(-warmup // k) * k, -(-steps // k) * k
     if jit:
         distribute.check_jit(placement)
     policy = distribute.mixed_precision_policy() if mixed_precision else "float32"
@@ -60,16 +67,13 @@ def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
     clock = StepClock()
     model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
     ticks = np.array([(step, t) for step, t in clock.ticks if step >= warmup - 1])
-    if len(ticks) < 2:
-        raise SystemExit(f"too few executions to time: give --steps (and --warmup) several times "
-                         f"--steps-per-execution {steps_per_execution}")
     steps_timed, seconds = np.diff(ticks[:, 0]), np.diff(ticks[:, 1])
     return {
         "framework": f"keras {keras.__version__} / tensorflow {__import__('tensorflow').__version__}",
         "model": model_name, "params": model.count_params(), "batch": batch,
         "replicas": placement.replicas, "jit": jit, "precision": policy,
         "batch_norm": "keras" if keras_batch_norm else "fused",
-        "steps_per_execution": steps_per_execution,
+        "steps_per_execution": steps_per_execution, "steps_timed": steps, "warmup_steps": warmup,
         "img_per_s": round(steps_timed.sum() * batch / seconds.sum(), 1),
         "median_step_img_per_s": round(float(np.median(steps_timed * batch / seconds)), 1),
     }
@@ -79,16 +83,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=100, help="timed steps")
-    p.add_argument("--warmup", type=int, default=5, help="steps before timing (the first traces the step)")
+    p.add_argument("--steps", type=int, default=100,
+                   help="timed steps (rounded up to whole executions, see --steps-per-execution)")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="steps before timing, the first of which traces the step (rounded up likewise)")
     p.add_argument("--devices", type=int, help="local devices (logical CPU devices where there is no GPU)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--mixed-precision", action="store_true")
     p.add_argument("--keras-batch-norm", action="store_true",
                    help="Keras' own batch-norm ops instead of the fused kernel train.py uses (fused.py)")
-    p.add_argument("--steps-per-execution", type=int, default=1, help="training steps per call into TensorFlow")
+    p.add_argument("--steps-per-execution", type=int,
+                   help=f"training steps per call into TensorFlow (default: train.py's, "
+                        f"{train.STEPS_PER_EXECUTION} on one device, 1 on several)")
     a = p.parse_args(argv)
-    if a.steps < 2 or a.warmup < 1 or a.batch < 1 or a.steps_per_execution < 1:
+    if a.steps < 2 or a.warmup < 1 or a.batch < 1 or (a.steps_per_execution or 1) < 1:
         p.error("--steps must be >= 2, and --warmup, --batch and --steps-per-execution >= 1")
     print(json.dumps(measure(a.model, a.batch, a.steps, a.warmup, devices=a.devices, jit=a.jit,
                              mixed_precision=a.mixed_precision, keras_batch_norm=a.keras_batch_norm,

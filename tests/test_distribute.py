@@ -44,6 +44,7 @@ def test_two_replicas_evaluate_every_image_once(tiny_cifar, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["execution"]["replicas"] == 2 and metrics["execution"]["strategy"] == "mirrored"
     assert metrics["execution"]["per_replica_batch"] == 16 and metrics["execution"]["global_batch"] == 32
+    assert metrics["execution"]["steps_per_execution"] == 1  # Keras' only working value with several replicas
 
     # 37 validation images do not split evenly over 2 replicas: none may be dropped or doubled.
     d = data.load_cifar10(root, verbose=False)
@@ -62,6 +63,10 @@ def test_batch_must_split_over_replicas_and_jit_needs_one_cpu_device(tiny_cifar,
     result = run_train(tiny_args(root, tmp_path / "run", "--devices", "2", "--jit"))
     assert result.returncode == 2
     assert "error: --jit cannot be combined with 2 logical CPU devices" in result.stderr
+    result = run_train(tiny_args(root, tmp_path / "run", "--devices", "2", "--steps-per-execution", "4"))
+    assert result.returncode == 2
+    assert "error: --steps-per-execution 4 does not work with several replicas (2 here)" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def _free_ports(n):

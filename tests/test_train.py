@@ -254,3 +254,27 @@ def test_weight_decay_is_the_papers_coupled_l2():
     model.train_on_batch(x, y)
     np.testing.assert_allclose(model.get_weights()[0], expected_kernel, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(model.get_weights()[1], expected_bias, rtol=1e-5, atol=1e-7)
+
+
+def test_steps_per_execution_runs_the_same_steps(tiny_cifar, tmp_path, capsys):
+    """Several steps per call into TensorFlow, the last call short: the same weights and history as one."""
+    root, _ = tiny_cifar
+    runs = {k: tmp_path / f"spe{k}" for k in (1, 3)}
+    for k, run in runs.items():
+        assert train.main(tiny_args(root, run, "--epochs", "2", "--steps-per-execution", str(k))) == 0
+    default = tmp_path / "default"
+    assert train.main(tiny_args(root, default, "--epochs", "1")) == 0
+    execution = {k: json.loads((run / "metrics.json").read_text())["execution"] for k, run in runs.items()}
+    assert execution[1]["steps_per_execution"] == 1 and execution[3]["steps_per_execution"] == 3
+    assert json.loads((default / "config.json").read_text())["execution"]["steps_per_execution"] == \
+        train.STEPS_PER_EXECUTION
+    one, three = (keras.saving.load_model(run / "last.keras") for run in runs.values())
+    assert (one.steps_per_execution, three.steps_per_execution) == (1, 3)  # as compiled and saved
+    assert one.optimizer.iterations.numpy() == three.optimizer.iterations.numpy() > 3
+    for a, b in zip(one.get_weights(), three.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert [float(r["loss"]) for r in read_history(runs[1])] == pytest.approx(
+        [float(r["loss"]) for r in read_history(runs[3])], rel=1e-5)
+
+    assert train.main(tiny_args(root, tmp_path / "bad", "--steps-per-execution", "0")) == 2
+    assert "error: --steps-per-execution must be a whole number >= 1, not 0" in capsys.readouterr().err
