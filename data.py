@@ -368,6 +368,7 @@ def stratified_split(labels, val_count, seed):
 # --------------------------------------------------------------------------- pipelines
 
 def _tf():
+    import tfenv  # noqa: F401  (TensorFlow's load-time settings, before it loads)
     import tensorflow as tf  # imported here so that reading data does not need TensorFlow
     return tf
 

@@ -19,6 +19,7 @@ import os
 import platform
 from dataclasses import dataclass
 
+import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import tensorflow as tf
 
 

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

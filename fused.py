@@ -21,6 +21,7 @@ input, synchronized, renorm, masked), Keras' implementation runs as before.
 
 import types
 
+import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
 
 

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfenv  # noqa: E402  (first: TensorFlow reads its settings when it loads)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -422,7 +422,7 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
                      "per_replica_batch": settings["batch_size"] // placement.replicas,
                      "lr": settings["lr"], "lr_source": sources["lr"], "precision": policy, "jit": bool(jit),
                      "batch_norm": "keras" if keras_batch_norm else "fused",
-                     "steps_per_execution": steps_per_execution,
+                     "steps_per_execution": steps_per_execution, "onednn": tfenv.onednn_enabled(),
                      "deterministic": bool(deterministic)}
         with placement.strategy.scope():
             return _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit,

@@ -11,14 +11,13 @@ practical peak), and the share of it that the given training speed represents.
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
 
 import tensorflow as tf  # noqa: E402
 

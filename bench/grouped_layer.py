@@ -9,11 +9,13 @@ median of --repeats timed steps after one warm-up.
 
 import argparse
 import json
-import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -12,14 +12,13 @@ pipeline, is not counted).
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

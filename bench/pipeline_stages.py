@@ -3,22 +3,22 @@
     python bench/pipeline_stages.py --batch 128 --repeats 3
 
 Each stage runs 1,000 times inside one tf.function (no Python between runs) on a batch of random
-uint8 CIFAR-shaped images (the crop rows include drawing the random offsets); the figure is the median over repeats of the time per run. The
-"replaced" rows are the earlier implementations, kept here only to show what the change bought:
-a zero pad and two batched gathers for the crop and flip, and standardisation with [3]-shaped
-per-channel constants, which TensorFlow's CPU kernels broadcast slowly. Prints one JSON line.
+uint8 CIFAR-shaped images (the crop rows include drawing the random offsets); the figure is the
+median over repeats of the time per run. The "replaced" rows are the earlier implementations, kept
+here only to show what the change bought: a zero pad and two batched gathers for the crop and
+flip, and standardisation with [3]-shaped per-channel constants, which TensorFlow's CPU kernels
+broadcast slowly. Prints one JSON line.
 """
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

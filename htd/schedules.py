@@ -62,6 +62,7 @@ optimizer). `import htd` (or `import htd.schedules`) before loading makes the pl
 import math
 import numbers
 
+import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
 import numpy as np
 from keras import ops

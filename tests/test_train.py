@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import data
+import tfenv
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,6 +267,7 @@ def test_steps_per_execution_runs_the_same_steps(tiny_cifar, tmp_path, capsys):
     assert train.main(tiny_args(root, default, "--epochs", "1")) == 0
     execution = {k: json.loads((run / "metrics.json").read_text())["execution"] for k, run in runs.items()}
     assert execution[1]["steps_per_execution"] == 1 and execution[3]["steps_per_execution"] == 3
+    assert execution[1]["onednn"] is tfenv.onednn_enabled()  # which kernels ran is on record
     assert json.loads((default / "config.json").read_text())["execution"]["steps_per_execution"] == \
         train.STEPS_PER_EXECUTION
     one, three = (keras.saving.load_model(run / "last.keras") for run in runs.values())

@@ -1,0 +1,68 @@
+"""TensorFlow's load-time settings (tfenv.py) reach TensorFlow from every entry point."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tfenv
+from conftest import ROOT
+
+# Each entry point as a user starts it, stopped right after its imports. (tricks/ and bench/ import
+# train or tfenv first, as train.py does; ensemble.py and htd import keras themselves.)
+ENTRY_POINTS = {
+    "train.py": "import train",
+    "ensemble.py": "import ensemble",
+    "python -m htd": "import htd.__main__",
+}
+
+REPORT = ("import json, sys, os, tfenv; "
+          "print(json.dumps([tfenv.LOADED_TOO_LATE, os.environ.get('TF_ENABLE_ONEDNN_OPTS'), tfenv.onednn_enabled()]))")
+
+
+def run_python(code, **env):
+    environment = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    environment.update(env)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=environment, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def report(proc):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.strip().splitlines()[-1:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def reports():
+    """Every case in its own fresh Python (TensorFlow reads its settings once), all started at once."""
+    cases = {name: (f"import sys; {imports}; {REPORT}", {}) for name, imports in ENTRY_POINTS.items()}
+    cases["train.py, TF_ENABLE_ONEDNN_OPTS=0"] = (f"import train; {REPORT}", {"TF_ENABLE_ONEDNN_OPTS": "0"})
+    cases["tensorflow imported first"] = (f"import tensorflow; {REPORT}", {})
+    # Whether this TensorFlow build runs oneDNN kernels when asked to (x86 Linux builds do).
+    cases["oneDNN available"] = ("import json, tensorflow; from tensorflow.python.util import _pywrap_util_port as u; "
+                                 "print(json.dumps(u.IsMklEnabled()))", {"TF_ENABLE_ONEDNN_OPTS": "1"})
+    procs = {name: run_python(code, **env) for name, (code, env) in cases.items()}
+    return {name: report(proc) for name, proc in procs.items()}
+
+
+def test_every_entry_point_sets_the_environment_before_tensorflow_loads(reports):
+    expected = [False, "1", reports["oneDNN available"]]
+    assert {name: reports[name] for name in ENTRY_POINTS} == {name: expected for name in ENTRY_POINTS}
+
+
+def test_a_value_in_the_environment_wins(reports):
+    assert reports["train.py, TF_ENABLE_ONEDNN_OPTS=0"] == [False, "0", False]
+
+
+def test_tensorflow_loaded_first_is_noticed(reports):
+    late, _, _ = reports["tensorflow imported first"]
+    assert late is True
+
+
+def test_this_process_runs_onednn_kernels(reports):
+    """The test suite itself measures the default path: conftest imports tfenv before TensorFlow."""
+    assert not tfenv.LOADED_TOO_LATE
+    assert tfenv.onednn_enabled() == reports["oneDNN available"]

@@ -1,0 +1,30 @@
+"""TensorFlow's load-time settings for this project: import this module before keras or tensorflow.
+
+TensorFlow reads these environment variables once, when it loads; each is only a default, so a
+value already set in the environment wins.
+
+- `TF_ENABLE_ONEDNN_OPTS=1`: TensorFlow's oneDNN kernels (convolutions, matrix products, their
+  gradients, fused with the bias and activation). TensorFlow turns them on by itself only on CPUs
+  with AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX; on the AVX2 CPUs it leaves them off, and there
+  its own kernels train these models 1.4 to 2.8 times slower (BENCHMARKS.md). oneDNN sums in a
+  different order, so results differ from the other kernels' in the last bits (TensorFlow says as
+  much when it loads). `TF_ENABLE_ONEDNN_OPTS=0` in the environment restores TensorFlow's choice.
+- `TF_CPP_MIN_LOG_LEVEL=2`: TensorFlow's C++ informational messages stay quiet.
+"""
+
+import os
+import sys
+
+DEFAULTS = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+# True when TensorFlow was imported before this module: then the settings above came too late.
+LOADED_TOO_LATE = "tensorflow" in sys.modules
+for _name, _value in DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
+
+def onednn_enabled():
+    """Whether the loaded TensorFlow runs its oneDNN kernels (False also where it was built without them)."""
+    from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own check; no public API has it
+
+    return bool(_pywrap_util_port.IsMklEnabled())
