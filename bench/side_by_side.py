@@ -4,7 +4,8 @@
         [--variant="" --variant=--keras-batch-norm]
 
 Each measurement is a fresh process: ours is bench/train_speed.py, once per --variant (extra flags
-for it; by default one variant, train.py's default path); the reference is its script, run with
+for it, and NAME=VALUE settings for its environment; by default one variant, train.py's default
+path); the reference is its script, run with
 a Python that has torch installed. Runs alternate ours / reference so that a noisy neighbour hits
 both alike. "Peak memory" is the peak resident set size of the measuring process (all of it:
 interpreter, framework, model, optimizer state, data). Before each model, bench/flops.py gives its
@@ -15,6 +16,7 @@ against that rate. Prints every JSON line, then the medians as a Markdown table.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -25,10 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "bench" / "torch_reference.py"
 
 
-def run(command):
-    """Runs `command`; its last stdout line as JSON, with the process' peak RSS in MiB added."""
+def run(command, env=None):
+    """Runs `command` (with `env` added to the environment); its last stdout line as JSON, with the
+    process' peak RSS in MiB added."""
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a chatty stderr cannot block the child
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, **(env or {})})
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)  # wait4, not proc.wait(): it also gives the child's rusage
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -39,6 +43,18 @@ def run(command):
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mib"] = round(usage.ru_maxrss / 1024)  # KiB on Linux
     return result
+
+
+def split_variant(variant):
+    """'--keras-batch-norm TF_ENABLE_ONEDNN_OPTS=0' -> (['--keras-batch-norm'], {'TF_ENABLE_ONEDNN_OPTS': '0'})."""
+    flags, env = [], {}
+    for token in variant.split():
+        name, sep, value = token.partition("=")
+        if sep and re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            env[name] = value
+        else:
+            flags.append(token)
+    return flags, env
 
 
 def median(results, key):
@@ -54,7 +70,8 @@ def main(argv=None):
     p.add_argument("--torch-python", help="a Python with torch installed (default: skip the reference)")
     p.add_argument("--reference", default=str(REFERENCE))
     p.add_argument("--variant", action="append", dest="variants", metavar="FLAGS",
-                   help="flags for bench/train_speed.py, written --variant=--keras-batch-norm; repeat to compare "
+                   help="flags for bench/train_speed.py and NAME=VALUE environment settings, written "
+                        "--variant=--keras-batch-norm or --variant=TF_ENABLE_ONEDNN_OPTS=0; repeat to compare "
                         "several (default: one variant, no flags)")
     a = p.parse_args(argv)
     if a.torch_python and not Path(a.reference).is_file():
@@ -67,8 +84,9 @@ def main(argv=None):
         ours, theirs = {v: [] for v in variants}, []
         for _ in range(a.repeats):
             for v in variants:
+                flags, env = split_variant(v)
                 ours[v].append(run([sys.executable, "bench/train_speed.py", "--model", model, "--batch", str(a.batch),
-                                    "--steps", str(a.steps), *v.split()]))
+                                    "--steps", str(a.steps), *flags], env))
                 print(json.dumps({"variant": v, **ours[v][-1]}), flush=True)
             if a.torch_python:
                 theirs.append(run([a.torch_python, a.reference, "--model", model, "--batch", str(a.batch),

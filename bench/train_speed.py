@@ -16,13 +16,12 @@ ticks once per call, so --warmup and --steps are rounded up to whole calls.
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfenv  # noqa: E402  (first: TensorFlow reads its settings when it loads)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -42,13 +41,16 @@ class StepClock(keras.callbacks.Callback):
         self.ticks = []
 
 
-def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, mixed_precision=False,
+def prepare(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, mixed_precision=False,
             keras_batch_norm=False, steps_per_execution=None):
+    """The model as train.py builds it and a pipeline of warmup + steps batches; and the settings as a dict.
+
+    --warmup and --steps are rounded up to whole executions of `steps_per_execution` steps.
+    """
     settings, _ = train.resolve_settings(model_name, batch_size=batch, epochs=1)
     placement = distribute.place(devices)
     if steps_per_execution is None:  # train.py's default
         steps_per_execution = train.STEPS_PER_EXECUTION if placement.replicas == 1 else 1
-    # Whole executions only: the clock ticks once per execution of `steps_per_execution` steps.
     k = steps_per_execution
     warmup, steps = -(-warmup // k) * k, -(-steps // k) * k
     if jit:
@@ -64,16 +66,26 @@ def measure(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
     labels = rng.integers(0, 10, n).astype(np.uint8)
     dataset = data.make_dataset(images, labels, batch, augment="standard", shuffle=True, seed=seed,
                                 preprocess_mode=settings["preprocess"])
-    clock = StepClock()
-    model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
-    ticks = np.array([(step, t) for step, t in clock.ticks if step >= warmup - 1])
-    steps_timed, seconds = np.diff(ticks[:, 0]), np.diff(ticks[:, 1])
-    return {
+    setup = {
         "framework": f"keras {keras.__version__} / tensorflow {__import__('tensorflow').__version__}",
         "model": model_name, "params": model.count_params(), "batch": batch,
         "replicas": placement.replicas, "jit": jit, "precision": policy,
         "batch_norm": "keras" if keras_batch_norm else "fused",
-        "steps_per_execution": steps_per_execution, "steps_timed": steps, "warmup_steps": warmup,
+        "steps_per_execution": steps_per_execution, "onednn": tfenv.onednn_enabled(),
+        "steps_timed": steps, "warmup_steps": warmup,
+    }
+    return model, dataset, setup
+
+
+def measure(model_name, batch, steps, warmup, **options):
+    """Images per second over the steps after the warm-up, timed as the steps end (see StepClock)."""
+    model, dataset, setup = prepare(model_name, batch, steps, warmup, **options)
+    clock = StepClock()
+    model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
+    ticks = np.array([(step, t) for step, t in clock.ticks if step >= setup["warmup_steps"] - 1])
+    steps_timed, seconds = np.diff(ticks[:, 0]), np.diff(ticks[:, 1])
+    return {
+        **setup,
         "img_per_s": round(steps_timed.sum() * batch / seconds.sum(), 1),
         "median_step_img_per_s": round(float(np.median(steps_timed * batch / seconds)), 1),
     }

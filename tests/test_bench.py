@@ -1,0 +1,42 @@
+"""The arithmetic of bench/profile_step.py and bench/side_by_side.py (the measurements run in bench/)."""
+
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import profile_step  # noqa: E402
+import side_by_side  # noqa: E402
+
+
+def kernel(start, duration):
+    return ("scope", "Op", start, duration)
+
+
+def test_busy_time_is_the_union_of_overlapping_kernels():
+    assert profile_step.busy_time([]) == 0
+    # [0, 10) and [5, 12) overlap -> 12; [20, 25) apart -> 5; [21, 22) inside it -> 0
+    assert profile_step.busy_time([kernel(20, 5), kernel(0, 10), kernel(21, 1), kernel(5, 7)]) == 17
+    assert profile_step.busy_time([kernel(0, 10), kernel(10, 3)]) == 13  # touching, not overlapping
+
+
+def test_kernels_are_attributed_to_their_layer_loss_optimizer_or_input():
+    layers = {"conv1": "Conv2D", "bn1": "BatchNormalization", "conv2d_1": "Conv2D"}
+    classify = lambda scope, op="Mul": profile_step.classify(scope, op, layers, "sgd")  # noqa: E731
+    assert classify("StatefulPartitionedCall/resnet_1/conv1_1/convolution") == ("Conv2D", "forward")
+    assert classify("StatefulPartitionedCall/gradient_tape/resnet_1/bn1_1/FusedBatchNormGradV3") == \
+        ("BatchNormalization", "backward")
+    assert classify("StatefulPartitionedCall/model_1/conv2d_1/Relu") == ("Conv2D", "forward")
+    assert classify("StatefulPartitionedCall/compile_loss/sparse_categorical_crossentropy/Sum") == ("loss", "forward")
+    assert classify("StatefulPartitionedCall/sgd_1/AssignSubVariableOp") == ("optimizer", "")
+    assert classify("StatefulPartitionedCall/IteratorGetNext", "IteratorGetNext") == \
+        ("input (waiting for the batch)", "")
+    assert classify("StatefulPartitionedCall/Add_2") == ("other", "forward")
+
+
+def test_variants_split_into_flags_and_environment():
+    assert side_by_side.split_variant("") == ([], {})
+    assert side_by_side.split_variant("--keras-batch-norm TF_ENABLE_ONEDNN_OPTS=0 --steps-per-execution 1") == \
+        (["--keras-batch-norm", "--steps-per-execution", "1"], {"TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert side_by_side.split_variant("--lr=0.1") == (["--lr=0.1"], {})  # a flag with a value stays a flag
