@@ -6,7 +6,7 @@ value already set in the environment wins.
 - `TF_ENABLE_ONEDNN_OPTS=1`: TensorFlow's oneDNN kernels (convolutions, matrix products, their
   gradients, fused with the bias and activation). TensorFlow turns them on by itself only on CPUs
   with AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX; on the AVX2 CPUs it leaves them off, and there
-  its own kernels train these models 1.4 to 2.8 times slower (BENCHMARKS.md). oneDNN sums in a
+  its own kernels train LeNet 2.8 and ResNet-20 2.2 times slower (BENCHMARKS.md). oneDNN sums in a
   different order, so results differ from the other kernels' in the last bits (TensorFlow says as
   much when it loads). `TF_ENABLE_ONEDNN_OPTS=0` in the environment restores TensorFlow's choice.
 - `TF_CPP_MIN_LOG_LEVEL=2`: TensorFlow's C++ informational messages stay quiet.
