@@ -1,7 +1,7 @@
 """Where a training step's time goes: TensorFlow's profiler over train.py's own step, summed by layer.
 
     python bench/profile_step.py --model resnet20 --batch 128 --steps 32 [--keras-batch-norm]
-        [--steps-per-execution N] [--top 12]
+        [--steps-per-execution N] [--devices N] [--top 12]
 
 Builds the model, optimizer and pipeline as bench/train_speed.py does, runs the warm-up steps,
 then records --steps steps with `tf.profiler.experimental` and reads the trace it writes (the
@@ -18,7 +18,6 @@ optimizer, or the wait for the next input batch. Per step, it prints:
 Prints a readable table, then one JSON line with the same figures.
 """
 
-import argparse
 import collections
 import json
 import re
@@ -144,23 +143,12 @@ def print_table(result):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=32, help="profiled steps (rounded up to whole executions)")
-    p.add_argument("--warmup", type=int, default=5, help="steps before profiling (rounded up likewise)")
-    p.add_argument("--keras-batch-norm", action="store_true",
-                   help="Keras' own batch-norm ops instead of the fused kernel train.py uses (fused.py)")
-    p.add_argument("--steps-per-execution", type=int, help="default: train.py's")
+    p = train_speed.parser(__doc__.split("\n")[0], steps=32, what="profiled")
     p.add_argument("--top", type=int, default=12, help="operation types to list")
-    a = p.parse_args(argv)
-    if a.steps < 1 or a.warmup < 1 or a.batch < 1 or (a.steps_per_execution or 1) < 1:
-        p.error("--steps, --warmup, --batch and --steps-per-execution must be >= 1")
-    result = profile(a.model, a.batch, a.steps, a.warmup, a.top, keras_batch_norm=a.keras_batch_norm,
-                     steps_per_execution=a.steps_per_execution)
+    a, options = train_speed.parse(p, argv, min_steps=1)
+    result = profile(a.model, a.batch, a.steps, a.warmup, a.top, **options)
     print_table(result)
     print(json.dumps(result), flush=True)
-
 
 if __name__ == "__main__":
     main()

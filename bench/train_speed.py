@@ -91,14 +91,15 @@ def measure(model_name, batch, steps, warmup, **options):
     }
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser(description, steps, what="timed"):
+    """The command line shared by bench/train_speed.py and bench/profile_step.py."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=100,
-                   help="timed steps (rounded up to whole executions, see --steps-per-execution)")
+    p.add_argument("--steps", type=int, default=steps,
+                   help=f"{what} steps (rounded up to whole executions, see --steps-per-execution)")
     p.add_argument("--warmup", type=int, default=5,
-                   help="steps before timing, the first of which traces the step (rounded up likewise)")
+                   help="steps before those, the first of which traces the step (rounded up likewise)")
     p.add_argument("--devices", type=int, help="local devices (logical CPU devices where there is no GPU)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--mixed-precision", action="store_true")
@@ -107,13 +108,22 @@ def main(argv=None):
     p.add_argument("--steps-per-execution", type=int,
                    help=f"training steps per call into TensorFlow (default: train.py's, "
                         f"{train.STEPS_PER_EXECUTION} on one device, 1 on several)")
-    a = p.parse_args(argv)
-    if a.steps < 2 or a.warmup < 1 or a.batch < 1 or (a.steps_per_execution or 1) < 1:
-        p.error("--steps must be >= 2, and --warmup, --batch and --steps-per-execution >= 1")
-    print(json.dumps(measure(a.model, a.batch, a.steps, a.warmup, devices=a.devices, jit=a.jit,
-                             mixed_precision=a.mixed_precision, keras_batch_norm=a.keras_batch_norm,
-                             steps_per_execution=a.steps_per_execution)), flush=True)
+    return p
 
+
+def parse(p, argv, min_steps):
+    """The parsed arguments, checked; and the options prepare() takes from them."""
+    a = p.parse_args(argv)
+    if a.steps < min_steps or a.warmup < 1 or a.batch < 1 or (a.steps_per_execution or 1) < 1:
+        p.error(f"--steps must be >= {min_steps}, and --warmup, --batch and --steps-per-execution >= 1")
+    options = dict(devices=a.devices, jit=a.jit, mixed_precision=a.mixed_precision,
+                   keras_batch_norm=a.keras_batch_norm, steps_per_execution=a.steps_per_execution)
+    return a, options
+
+
+def main(argv=None):
+    a, options = parse(parser(__doc__.split("\n")[0], steps=100), argv, min_steps=2)
+    print(json.dumps(measure(a.model, a.batch, a.steps, a.warmup, **options)), flush=True)
 
 if __name__ == "__main__":
     main()
