@@ -477,6 +477,8 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
     For training, pass `shuffle=True` and the epoch: the order and the augmentation of each epoch
     are fixed by (seed, epoch), so a resumed run sees exactly the epochs it would have seen.
     Images stay uint8 in memory and are gathered, augmented and normalised a batch at a time.
+    `images` and `labels` are arrays or tensors: a run that makes a pipeline each epoch passes
+    tensors made once, so that the images are not copied into TensorFlow again every epoch.
     `cutout` (square side, 0 = off) and `mixup` (alpha, 0 = off) act after normalisation. `flip`
     mirrors every image (for test-time augmentation).
     """
@@ -491,8 +493,8 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
         raise ValueError(f"mixup alpha must be >= 0 (0 = off); got {mixup!r}")
     n = len(images)
     order = np.random.default_rng([seed, 2, epoch]).permutation(n) if shuffle else np.arange(n)
-    x = tf.constant(images)
-    y = tf.one_hot(tf.constant(labels, tf.int32), NUM_CLASSES)
+    x = tf.convert_to_tensor(images)
+    y = tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
     augment_seed = tf.constant([seed, epoch], tf.int64)
 
     # Plain Python branches on settings, traced once: no autograph, which would also re-read this
@@ -515,5 +517,30 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
         return batch, onehot
 
     ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int32)).batch(batch_size).enumerate()
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(load, num_parallel_calls=parallel_calls(), deterministic=True)
+    return ds.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())
+
+
+# Batches the pipeline keeps ready ahead of the training step: it fills them while the step runs,
+# and a batch takes the pipeline ~1 ms against LeNet's ~15 ms step (BENCHMARKS.md).
+PREFETCH_BATCHES = 4
+
+
+def parallel_calls():
+    """Batches prepared at once: one per CPU core this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pipeline_options():
+    """tf.data options for every pipeline of make_dataset: fixed parallelism, no autotuning.
+
+    With autotuning on, tf.data runs a tuning thread beside each iterator, and deleting the
+    iterator waits for that thread: Keras' `fit` stalled for about 4 s on returning after half
+    of the epochs, as long as LeNet's whole training epoch (BENCHMARKS.md, "The stall at the end
+    of an epoch"). The map's parallelism and the prefetch depth are fixed instead
+    (parallel_calls, PREFETCH_BATCHES); the pipeline alone delivers as much as with autotuning.
+    """
+    tf = _tf()
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options

@@ -1,11 +1,15 @@
-"""The arithmetic of bench/profile_step.py and bench/side_by_side.py (the measurements run in bench/)."""
+"""The arithmetic of bench/profile_step.py, bench/side_by_side.py and bench/epoch_time.py (the
+measurements run in bench/)."""
 
 import sys
+
+import pytest
 
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 
+import epoch_time  # noqa: E402
 import profile_step  # noqa: E402
 import side_by_side  # noqa: E402
 
@@ -40,3 +44,20 @@ def test_variants_split_into_flags_and_environment():
     assert side_by_side.split_variant("--keras-batch-norm TF_ENABLE_ONEDNN_OPTS=0 --steps-per-execution 1") == \
         (["--keras-batch-norm", "--steps-per-execution", "1"], {"TF_ENABLE_ONEDNN_OPTS": "0"})
     assert side_by_side.split_variant("--lr=0.1") == (["--lr=0.1"], {})  # a flag with a value stays a flag
+
+
+def test_epoch_time_variants_name_a_script_flags_and_environment(tmp_path):
+    assert epoch_time.split("") == (ROOT / "train.py", [], {})
+    other = tmp_path / "train.py"
+    assert epoch_time.split(f"{other} --steps-per-execution 1 TF_ENABLE_ONEDNN_OPTS=0") == \
+        (other.resolve(), ["--steps-per-execution", "1"], {"TF_ENABLE_ONEDNN_OPTS": "0"})
+    with pytest.raises(ValueError, match="more than one script"):
+        epoch_time.split("a/train.py b/train.py")
+
+
+def test_epoch_wall_times_are_the_gaps_between_epoch_lines():
+    assert epoch_time.epoch_walls([10.0, 16.5, 22.0, 32.5]) == [6.5, 5.5, 10.5]
+    assert epoch_time.epoch_walls([3.0]) == []
+    for line, ends_epoch in (("352/352 - 6s - 16ms/step - accuracy: 0.4242", True), ("Epoch 2/4", False),
+                             ("Finished /tmp/run: val accuracy 0.51", False)):
+        assert bool(epoch_time.EPOCH_END.match(line)) is ends_epoch

@@ -298,6 +298,21 @@ def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch(tiny_cifar):
     c = run(0, 4)
     assert not np.array_equal(a[1], c[1])
     assert sorted(a[1].argmax(1)) == sorted(y)  # every image once per epoch
+    # train.py hands the pipeline tensors made once per run: the same batches as from the arrays
+    import tensorflow as tf
+
+    x_t, y_t = tf.constant(x), tf.constant(y)
+    d = _batches(data.make_dataset(x_t, y_t, 32, augment="standard", shuffle=True, seed=0, epoch=3))
+    np.testing.assert_array_equal(a[0], d[0])
+    np.testing.assert_array_equal(a[1], d[1])
+
+
+def test_pipeline_has_fixed_parallelism_and_no_autotuning(tiny_cifar):
+    # Autotuning's thread made deleting each epoch's iterator stall for seconds (data.pipeline_options).
+    _, (x, y, _, _) = tiny_cifar
+    options = data.make_dataset(x, y, 8, augment="standard", shuffle=True).options()
+    assert options.autotune.enabled is False
+    assert data.parallel_calls() >= 1
 
 
 def test_pipeline_rejects_unknown_modes(tiny_cifar):
