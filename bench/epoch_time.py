@@ -60,7 +60,7 @@ def split(variant):
 
 
 def run_once(train_py, model, epochs, data_dir, flags, env):
-    """One fresh training run: ([fit seconds], [wall seconds]) for epochs 2.., and its final val accuracy."""
+    """One fresh training run: {"fit": seconds, "wall": seconds} of epochs 2.., and its final "val_accuracy"."""
     with tempfile.TemporaryDirectory(prefix="epoch-time-") as tmp:
         command = [sys.executable, str(train_py), "--model", model, "--epochs", str(epochs),
                    "--data-dir", str(data_dir), "--run-dir", tmp, *flags]
