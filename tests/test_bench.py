@@ -1,5 +1,5 @@
-"""The arithmetic of bench/profile_step.py, bench/side_by_side.py and bench/epoch_time.py (the
-measurements run in bench/)."""
+"""The arithmetic of bench/profile_step.py, bench/side_by_side.py, bench/epoch_time.py and
+bench/epoch_parts.py (the measurements run in bench/)."""
 
 import sys
 
@@ -9,6 +9,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 
+import epoch_parts  # noqa: E402
 import epoch_time  # noqa: E402
 import profile_step  # noqa: E402
 import side_by_side  # noqa: E402
@@ -61,3 +62,11 @@ def test_epoch_wall_times_are_the_gaps_between_epoch_lines():
     for line, ends_epoch in (("352/352 - 6s - 16ms/step - accuracy: 0.4242", True), ("Epoch 2/4", False),
                              ("Finished /tmp/run: val accuracy 0.51", False)):
         assert bool(epoch_time.EPOCH_END.match(line)) is ends_epoch
+
+
+def test_steady_rate_leaves_out_the_first_and_last_executions():
+    # executions of 16 steps of 128 images end at steps 15, 31, 47, 63; the last is left out, and
+    # the rate runs from the end of the first to the end of the next-to-last: 32 steps in 0.5 s
+    ticks = [(15, 10.0), (31, 10.25), (47, 10.5), (63, 99.0)]
+    assert epoch_parts.steady_rate(ticks, 128) == 32 * 128 / 0.5
+    assert epoch_parts.steady_rate(ticks[:2], 128) is None
