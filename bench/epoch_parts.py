@@ -28,6 +28,7 @@ import keras  # noqa: E402
 
 import data  # noqa: E402
 import train  # noqa: E402
+from epoch_time import real_data_or_skip  # noqa: E402
 
 PARTS = ("pipeline", "fit_setup", "first_execution", "train", "validation", "fit_return", "commit", "wall")
 
@@ -123,10 +124,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.epochs < 2:
         p.error("--epochs must be at least 2 (the first epoch is left out)")
-    try:
-        data.find_source(a.data_dir, allow_download=False)
-    except data.DataError as e:
-        print(json.dumps({"skipped": f"the real data is not there: {e}"}))
+    if not real_data_or_skip(a.data_dir):
         return 0
     epochs = instrument()
     with tempfile.TemporaryDirectory(prefix="epoch-parts-") as run_dir:

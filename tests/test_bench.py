@@ -70,3 +70,13 @@ def test_steady_rate_leaves_out_the_first_and_last_executions():
     ticks = [(15, 10.0), (31, 10.25), (47, 10.5), (63, 99.0)]
     assert epoch_parts.steady_rate(ticks, 128) == 32 * 128 / 0.5
     assert epoch_parts.steady_rate(ticks[:2], 128) is None
+
+
+def test_epoch_time_summary_pools_runs_and_counts_stalls_and_epochs_within_the_goal():
+    runs = [{"fit": [5.0, 6.5], "wall": [5.3, 10.6]}, {"fit": [5.5, 5.9], "wall": [5.8, 6.1]}]
+    summary = epoch_time.summarise(runs, goal=6.0)
+    assert summary["epochs"] == 4
+    assert summary["fit_median"] == 5.7 and summary["wall_median"] == (5.8 + 6.1) / 2
+    assert summary["wall_mean"] == (5.3 + 10.6 + 5.8 + 6.1) / 4
+    assert (summary["fit_within_goal"], summary["wall_within_goal"]) == (3, 2)
+    assert summary["stalls"] == 1  # 10.6 - 6.5 > 2 s; the others differ by 0.3
