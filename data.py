@@ -535,8 +535,8 @@ def pipeline_options():
     """tf.data options for every pipeline of make_dataset: fixed parallelism, no autotuning.
 
     With autotuning on, tf.data runs a tuning thread beside each iterator, and deleting the
-    iterator waits for that thread: Keras' `fit` stalled for up to 4.4 s on returning, after 21
-    of 36 LeNet epochs measured, most of the time a whole LeNet epoch takes (BENCHMARKS.md, "The
+    iterator waits for that thread: Keras' `fit` stalled for 4-5 s on returning, after 21 of 36
+    LeNet epochs measured, most of the time a whole LeNet epoch takes (BENCHMARKS.md, "The
     stall at the end of an epoch"). The map's parallelism and the prefetch depth are fixed instead
     (parallel_calls, PREFETCH_BATCHES); the pipeline alone delivers as much as with autotuning.
     """
