@@ -10,12 +10,16 @@ value already set in the environment wins.
   different order, so results differ from the other kernels' in the last bits (TensorFlow says as
   much when it loads). `TF_ENABLE_ONEDNN_OPTS=0` in the environment restores TensorFlow's choice.
 - `TF_CPP_MIN_LOG_LEVEL=2`: TensorFlow's C++ informational messages stay quiet.
+- `KERAS_BACKEND=tensorflow`: the models are backend-neutral Keras, but everything around them
+  (the tf.data pipeline, tf.distribute, the fused kernels) is TensorFlow. Without it, Keras takes
+  its backend from `~/.keras/keras.json`, which other projects set to "jax" or "torch". train.py
+  refuses another backend set in the environment; bench/train_speed.py measures the models on it.
 """
 
 import os
 import sys
 
-DEFAULTS = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+DEFAULTS = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
 
 # True when TensorFlow was imported before this module: then the settings above came too late.
 LOADED_TOO_LATE = "tensorflow" in sys.modules

@@ -384,6 +384,11 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
     default STEPS_PER_EXECUTION on one replica, 1 on several).
     Raises TrainError for anything the user can fix.
     """
+    if keras.backend.backend() != "tensorflow":
+        # tfenv makes TensorFlow the default; only an explicit KERAS_BACKEND gets here.
+        raise TrainError(f"train.py trains on Keras' TensorFlow backend (tf.data, tf.distribute, TensorFlow's "
+                         f"kernels), not {keras.backend.backend()!r}: unset KERAS_BACKEND (the models themselves are "
+                         f"backend-neutral; bench/train_speed.py measures them on other backends)")
     settings, sources = resolve_settings(model, **overrides)
     if steps_per_execution is not None and not (isinstance(steps_per_execution, int) and steps_per_execution >= 1):
         raise TrainError(f"--steps-per-execution must be a whole number >= 1, not {steps_per_execution!r}")

@@ -12,9 +12,14 @@ CIFAR-shaped images, and times the steps after a warm-up with a per-batch callba
 --keras-batch-norm measures Keras' own batch-norm ops in place of the fused kernel (fused.py);
 --steps-per-execution runs N steps per call into TensorFlow (default: train.py's). The clock
 ticks once per call, so --warmup and --steps are rounded up to whole calls.
+
+`KERAS_BACKEND=jax python bench/train_speed.py ...` measures the same model, optimizer and step on
+Keras' JAX backend (with jax installed; train.py itself trains on TensorFlow only). There the step
+is always XLA-compiled (Keras' default on JAX), batch norm is Keras' own and --devices is refused.
 """
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -48,17 +53,23 @@ def prepare(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
     --warmup and --steps are rounded up to whole executions of `steps_per_execution` steps.
     """
     settings, _ = train.resolve_settings(model_name, batch_size=batch, epochs=1)
+    backend = keras.backend.backend()
+    on_tensorflow = backend == "tensorflow"
+    if not on_tensorflow and (devices or 1) > 1:
+        raise SystemExit(f"--devices {devices}: several devices are measured on the TensorFlow backend only "
+                         f"(train.py's tf.distribute), not on {backend!r}")
     placement = distribute.place(devices)
     if steps_per_execution is None:  # train.py's default
         steps_per_execution = train.STEPS_PER_EXECUTION if placement.replicas == 1 else 1
     k = steps_per_execution
     warmup, steps = -(-warmup // k) * k, -(-steps // k) * k
-    if jit:
+    if jit and on_tensorflow:
         distribute.check_jit(placement)
     policy = distribute.mixed_precision_policy() if mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
     with placement.strategy.scope():
-        model = train.build_model(settings, steps_per_epoch=warmup + steps, jit=jit,
+        # On JAX, jit_compile=False would run the step op by op; "auto" is Keras' default there (XLA).
+        model = train.build_model(settings, steps_per_epoch=warmup + steps, jit=jit if on_tensorflow else "auto",
                                   fused_batch_norm=not keras_batch_norm, steps_per_execution=steps_per_execution)
     rng = np.random.default_rng(seed)
     n = (warmup + steps) * batch
@@ -67,11 +78,12 @@ def prepare(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
     dataset = data.make_dataset(images, labels, batch, augment="standard", shuffle=True, seed=seed,
                                 preprocess_mode=settings["preprocess"])
     setup = {
-        "framework": f"keras {keras.__version__} / tensorflow {__import__('tensorflow').__version__}",
+        "framework": f"keras {keras.__version__} / {backend} {importlib.import_module(backend).__version__}",
+        "backend": backend,
         "model": model_name, "params": model.count_params(), "batch": batch,
-        "replicas": placement.replicas, "jit": jit, "precision": policy,
-        "batch_norm": "keras" if keras_batch_norm else "fused",
-        "steps_per_execution": steps_per_execution, "onednn": tfenv.onednn_enabled(),
+        "replicas": placement.replicas, "jit": bool(model.jit_compile), "precision": policy,
+        "batch_norm": "fused" if on_tensorflow and not keras_batch_norm else "keras",
+        "steps_per_execution": steps_per_execution, "onednn": tfenv.onednn_enabled() if on_tensorflow else None,
         "steps_timed": steps, "warmup_steps": warmup,
     }
     return model, dataset, setup

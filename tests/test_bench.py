@@ -1,5 +1,5 @@
 """The arithmetic of bench/profile_step.py, bench/side_by_side.py, bench/epoch_time.py and
-bench/epoch_parts.py (the measurements run in bench/)."""
+bench/epoch_parts.py (the measurements run in bench/), and bench/train_speed.py on a few steps."""
 
 import sys
 
@@ -13,6 +13,7 @@ import epoch_parts  # noqa: E402
 import epoch_time  # noqa: E402
 import profile_step  # noqa: E402
 import side_by_side  # noqa: E402
+import train_speed  # noqa: E402
 
 
 def kernel(start, duration):
@@ -80,3 +81,16 @@ def test_epoch_time_summary_pools_runs_and_counts_stalls_and_epochs_within_the_g
     assert summary["wall_mean"] == (5.3 + 10.6 + 5.8 + 6.1) / 4
     assert (summary["fit_within_goal"], summary["wall_within_goal"]) == (3, 2)
     assert summary["stalls"] == 1  # 10.6 - 6.5 > 2 s; the others differ by 0.3
+
+
+def test_train_speed_measures_train_py_step_and_names_the_backend():
+    result = train_speed.measure("lenet", batch=8, steps=2, warmup=1, steps_per_execution=1)
+    assert (result["backend"], result["jit"], result["batch_norm"], result["steps_timed"]) == ("tensorflow", False,
+                                                                                             "fused", 2)
+    assert result["img_per_s"] > 0 and result["framework"].startswith("keras 3.")
+
+
+def test_train_speed_refuses_several_devices_off_tensorflow(monkeypatch):
+    monkeypatch.setattr(train_speed.keras.backend, "backend", lambda: "jax")
+    with pytest.raises(SystemExit, match="TensorFlow backend only"):
+        train_speed.prepare("lenet", batch=8, steps=2, warmup=1, devices=2)

@@ -18,12 +18,14 @@ ENTRY_POINTS = {
     "python -m htd": "import htd.__main__",
 }
 
-REPORT = ("import json, sys, os, tfenv; "
-          "print(json.dumps([tfenv.LOADED_TOO_LATE, os.environ.get('TF_ENABLE_ONEDNN_OPTS'), tfenv.onednn_enabled()]))")
+REPORT = ("import json, sys, os, tfenv, keras; "
+          "print(json.dumps([tfenv.LOADED_TOO_LATE, os.environ.get('TF_ENABLE_ONEDNN_OPTS'), tfenv.onednn_enabled(), "
+          "keras.backend.backend()]))")
+SETTINGS = ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")
 
 
 def run_python(code, **env):
-    environment = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    environment = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     environment.update(env)
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=environment, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -36,10 +38,14 @@ def report(proc):
 
 
 @pytest.fixture(scope="module")
-def reports():
+def reports(tmp_path_factory):
     """Every case in its own fresh Python (TensorFlow reads its settings once), all started at once."""
     cases = {name: (f"import sys; {imports}; {REPORT}", {}) for name, imports in ENTRY_POINTS.items()}
-    cases["train.py, TF_ENABLE_ONEDNN_OPTS=0"] = (f"import train; {REPORT}", {"TF_ENABLE_ONEDNN_OPTS": "0"})
+    # A user's Keras configuration naming another backend (keras.json is where Keras keeps it).
+    keras_home = tmp_path_factory.mktemp("keras_home")
+    (keras_home / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    cases["train.py, TF_ENABLE_ONEDNN_OPTS=0, keras.json says jax"] = (
+        f"import train; {REPORT}", {"TF_ENABLE_ONEDNN_OPTS": "0", "KERAS_HOME": str(keras_home)})
     cases["tensorflow imported first"] = (f"import tensorflow; {REPORT}", {})
     # Whether this TensorFlow build runs oneDNN kernels when asked to (x86 Linux builds do).
     cases["oneDNN available"] = ("import json, tensorflow; from tensorflow.python.util import _pywrap_util_port as u; "
@@ -49,16 +55,16 @@ def reports():
 
 
 def test_every_entry_point_sets_the_environment_before_tensorflow_loads(reports):
-    expected = [False, "1", reports["oneDNN available"]]
+    expected = [False, "1", reports["oneDNN available"], "tensorflow"]
     assert {name: reports[name] for name in ENTRY_POINTS} == {name: expected for name in ENTRY_POINTS}
 
 
-def test_a_value_in_the_environment_wins(reports):
-    assert reports["train.py, TF_ENABLE_ONEDNN_OPTS=0"] == [False, "0", False]
+def test_a_value_in_the_environment_wins_and_keras_json_does_not(reports):
+    assert reports["train.py, TF_ENABLE_ONEDNN_OPTS=0, keras.json says jax"] == [False, "0", False, "tensorflow"]
 
 
 def test_tensorflow_loaded_first_is_noticed(reports):
-    late, _, _ = reports["tensorflow imported first"]
+    late, _, _, _ = reports["tensorflow imported first"]
     assert late is True
 
 

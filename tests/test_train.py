@@ -106,6 +106,16 @@ def test_bad_settings_exit_with_one_line(extra, message, tiny_cifar, tmp_path, c
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_another_keras_backend_is_refused_before_anything_is_written(tiny_cifar, tmp_path, capsys, monkeypatch):
+    """Under KERAS_BACKEND=jax, tf.distribute and the fused kernels would be silently left out."""
+    root, _ = tiny_cifar
+    monkeypatch.setattr(train.keras.backend, "backend", lambda: "jax")
+    assert train.main(tiny_args(root, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.py trains on Keras' TensorFlow backend") and "not 'jax'" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
 def test_unusable_run_folders(tiny_cifar, tmp_path, capsys):
     root, _ = tiny_cifar
     (tmp_path / "file").write_text("")
