@@ -409,15 +409,21 @@ def crop_and_flip(images, offsets, flip):
 
     One crop_and_resize with nearest sampling on boxes that land exactly on the pixels, a flip
     being a box whose left edge lies right of its right edge: about twice as fast on CPU as the
-    pad and gathers it replaces. tests/test_data.py checks every offset and flip against
-    slicing the padded image.
+    pad and gathers it replaces. crop_and_resize measures positions in units of (size - 1) and
+    treats a position even a rounding error outside the image as outside (black); so the images
+    get one more row and column of zeros (what lies outside anyway), making that unit 32, a power
+    of two, in which every position and step is exact in float32, whatever order TensorFlow's
+    graph optimiser computes them in (with 31 it was not: traced, edge rows came out black).
+    tests/test_data.py checks every offset and flip against slicing the padded image, eagerly
+    and traced.
     """
     tf = _tf()
     h, w = images.shape[1], images.shape[2]
+    images = tf.pad(images, [[0, 0], [0, 1], [0, 1], [0, 0]])
     top, left = tf.cast(offsets[:, 0], tf.float32), tf.cast(offsets[:, 1], tf.float32)
-    # Box corners in crop_and_resize's normalised coordinates: pixel p is p / (size - 1).
-    y1, y2 = top / (h - 1), (top + h - 1) / (h - 1)
-    x1, x2 = left / (w - 1), (left + w - 1) / (w - 1)
+    # Box corners in crop_and_resize's normalised coordinates of the padded image: pixel p is p / h.
+    y1, y2 = top / h, (top + h - 1) / h
+    x1, x2 = left / w, (left + w - 1) / w
     boxes = tf.stack([y1, tf.where(flip, x2, x1), y2, tf.where(flip, x1, x2)], axis=1)
     return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), [h, w], method="nearest",
                                     extrapolation_value=0.0)
