@@ -411,9 +411,10 @@ def crop_and_flip(images, offsets, flip):
     being a box whose left edge lies right of its right edge: about twice as fast on CPU as the
     pad and gathers it replaces. crop_and_resize measures positions in units of (size - 1) and
     treats a position even a rounding error outside the image as outside (black); so the images
-    get one more row and column of zeros (what lies outside anyway), making that unit 32, a power
-    of two, in which every position and step is exact in float32, whatever order TensorFlow's
-    graph optimiser computes them in (with 31 it was not: traced, edge rows came out black).
+    get one more row and column of zeros (what lies outside anyway), making that unit the image's
+    size: 32 for CIFAR-10, a power of two, in which every position and step is exact in float32,
+    whatever order TensorFlow's graph optimiser computes them in (with 31 they were not: traced
+    with tf.function, edge rows came out black; tf.data's map, as it ran them, was exact).
     tests/test_data.py checks every offset and flip against slicing the padded image, eagerly
     and traced.
     """
