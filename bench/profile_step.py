@@ -94,6 +94,10 @@ def classify(scope, op, layer_types, optimizer_name):
 
 
 def profile(model_name, batch, steps, warmup, top, **options):
+    backend = train_speed.keras.backend.backend()
+    if backend != "tensorflow":
+        raise SystemExit(f"profile_step.py reads TensorFlow's profiler trace; it runs on the TensorFlow backend, "
+                         f"not {backend!r} (unset KERAS_BACKEND)")
     model, dataset, setup = train_speed.prepare(model_name, batch, steps, warmup, **options)
     warm, timed = dataset.take(setup["warmup_steps"]), dataset.skip(setup["warmup_steps"])
     model.fit(warm, epochs=1, verbose=0, shuffle=False)

@@ -90,7 +90,9 @@ def test_train_speed_measures_train_py_step_and_names_the_backend():
     assert result["img_per_s"] > 0 and result["framework"].startswith("keras 3.")
 
 
-def test_train_speed_refuses_several_devices_off_tensorflow(monkeypatch):
+def test_benchmarks_refuse_what_needs_tensorflow_on_another_backend(monkeypatch):
     monkeypatch.setattr(train_speed.keras.backend, "backend", lambda: "jax")
     with pytest.raises(SystemExit, match="TensorFlow backend only"):
         train_speed.prepare("lenet", batch=8, steps=2, warmup=1, devices=2)
+    with pytest.raises(SystemExit, match="profile_step.py reads TensorFlow's profiler trace"):
+        profile_step.profile("lenet", batch=8, steps=2, warmup=1, top=3)
