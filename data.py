@@ -397,10 +397,28 @@ def augment_batch(images, seed):
     pipeline's parallelism.
     """
     tf = _tf()
-    n = tf.shape(images)[0]
+    return crop_and_flip(images, *crop_flip_draws(tf.shape(images)[0], seed))
+
+
+def crop_flip_draws(n, seed):
+    """augment_batch's random draws for `n` images: (row, column) offsets in -PAD..PAD (int32
+    [n, 2]) and whether each image is mirrored (bool [n])."""
+    tf = _tf()
     offsets = tf.random.stateless_uniform([n, 2], seed, maxval=2 * PAD + 1, dtype=tf.int32)
     flip = tf.random.stateless_uniform([n], seed + 1, maxval=2, dtype=tf.int32)
-    return crop_and_flip(images, offsets - PAD, flip == 1)
+    return offsets - PAD, flip == 1
+
+
+def batch_seeds(augment_seed, step):
+    """The stateless seeds of training batch `step` (int64) of the epoch keyed by `augment_seed`:
+    [augmentation, cutout, mixup]."""
+    tf = _tf()
+    return tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(augment_seed, step), 3)
+
+
+def epoch_order(n, seed, epoch, shuffle=True):
+    """The order in which an epoch visits the `n` training images, fixed by (seed, epoch)."""
+    return np.random.default_rng([seed, 2, epoch]).permutation(n) if shuffle else np.arange(n)
 
 
 def crop_and_flip(images, offsets, flip):
@@ -498,8 +516,7 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
         raise ValueError(f"cutout must be a square side from 0 (off) to {IMAGE_SHAPE[0]}; got {cutout!r}")
     if not mixup >= 0:
         raise ValueError(f"mixup alpha must be >= 0 (0 = off); got {mixup!r}")
-    n = len(images)
-    order = np.random.default_rng([seed, 2, epoch]).permutation(n) if shuffle else np.arange(n)
+    order = epoch_order(len(images), seed, epoch, shuffle)
     x = tf.convert_to_tensor(images)
     y = tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
     augment_seed = tf.constant([seed, epoch], tf.int64)
@@ -509,7 +526,7 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
     @tf.autograph.experimental.do_not_convert
     def load(step, index):
         batch, onehot = tf.gather(x, index), tf.gather(y, index)
-        seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(augment_seed, step), 3)
+        seeds = batch_seeds(augment_seed, step)
         if augment == "standard":
             batch = augment_batch(batch, seeds[0])
         elif augment == "kaggle":
@@ -551,3 +568,115 @@ def pipeline_options():
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
+
+
+class EpochBatches:
+    """Each epoch's batches computed all at once, before the epoch, instead of beside the step.
+
+    The same batches as make_dataset's (the same order, crops, flips and normalisation, bit for
+    bit: tests/test_data.py), for the settings it covers: augment "standard" or "none", no
+    cutout or mixup. Why: on a CPU the training step's kernels split over all cores, and a
+    pipeline computing batches beside them takes a core from them at every step; on the 2-core
+    machine a LeNet epoch took 1.25 s longer with augmentation than without, for ~0.3 s of
+    work (BENCHMARKS.md, "LeNet epoch on the real data"). Here an epoch's batches are one
+    multi-threaded crop over the whole epoch (~0.2 s for 45,000 images), and the step reads
+    them in place.
+
+    The images are normalised once per run and kept in memory with PAD + 1 pixels of normalised
+    black around them (45,000 images: 952 MB of float32); an epoch's batches take 553 MB more.
+    The extra pixel keeps every crop one pixel inside the padded image: crop_and_resize finds
+    each sample by rounding a computed position that may be off by a rounding error, harmless
+    inside, but a position even a rounding error outside the image would come out as
+    `extrapolation_value` (see crop_and_flip). The tests find every offset exact without it too,
+    eagerly and traced; with it, that does not depend on how the arithmetic happens to round.
+    """
+
+    AUGMENTATIONS = ("standard", "none")
+
+    def __init__(self, images, labels, *, preprocess_mode="standardize", augment="none", chunk=4096):
+        if augment not in self.AUGMENTATIONS:
+            raise ValueError(f"EpochBatches computes augment 'standard' or 'none', not {augment!r}")
+        tf = _tf()
+        self.n, self.augment = len(images), augment
+        margin = PAD + 1 if augment == "standard" else 0
+        h, w, c = IMAGE_SHAPE
+        # Normalised black, per channel: what the crop's zero padding becomes after normalisation.
+        black = preprocess(tf.zeros([1, h, w, c], tf.uint8), preprocess_mode).numpy()[0, 0, 0]
+        # Written in place in numpy, then handed to TensorFlow without a copy: fresh memory is
+        # slow to touch on a virtual machine (~1 s per GB the first time), so it is touched once.
+        padded = _aligned_empty((self.n, h + 2 * margin, w + 2 * margin, c), np.float32)
+        if margin:
+            for border in (padded[:, :margin], padded[:, -margin:], padded[:, :, :margin], padded[:, :, -margin:]):
+                border[:] = black
+        for start in range(0, self.n, chunk):
+            batch = tf.convert_to_tensor(images[start:start + chunk])
+            padded[start:start + chunk, margin:margin + h, margin:margin + w] = preprocess(batch, preprocess_mode).numpy()
+        self.images = tf.experimental.dlpack.from_dlpack(padded.__dlpack__())
+        self.labels = tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
+        self.margin = margin
+
+    def dataset(self, batch_size, *, shuffle=False, seed=0, epoch=0):
+        """The epoch's batches, as make_dataset(..., shuffle, seed, epoch) gives them."""
+        tf = _tf()
+        order = tf.constant(epoch_order(self.n, seed, epoch, shuffle).astype(np.int32))
+        if self.augment == "standard":
+            offsets, flip = _epoch_draws(tf.constant([seed, epoch], tf.int64), tf.constant(self.n),
+                                         tf.constant(batch_size))
+            offsets += self.margin
+            size = self.images.shape[1] - 1  # crop_and_resize's unit: positions are pixel / (size - 1)
+            top, left = tf.cast(offsets[:, 0], tf.float32), tf.cast(offsets[:, 1], tf.float32)
+            y1, y2 = top / size, (top + IMAGE_SHAPE[0] - 1) / size
+            x1, x2 = left / size, (left + IMAGE_SHAPE[1] - 1) / size
+            boxes = tf.stack([y1, tf.where(flip, x2, x1), y2, tf.where(flip, x1, x2)], axis=1)
+            images = tf.image.crop_and_resize(self.images, boxes, order, IMAGE_SHAPE[:2], method="nearest")
+        else:
+            images = tf.gather(self.images, order)
+        labels = tf.gather(self.labels, order)
+        steps = -(-self.n // batch_size)
+
+        # The epoch's tensors travel as the dataset's elements, not captured by the map function:
+        # a captured tensor stays alive as long as the function's graph does, 553 MB per epoch.
+        @tf.autograph.experimental.do_not_convert
+        def batch(step, epoch_tensors):
+            return tuple(t[step * batch_size:(step + 1) * batch_size] for t in epoch_tensors)
+
+        whole = tf.data.Dataset.from_tensors((images, labels)).repeat()
+        ds = tf.data.Dataset.zip(tf.data.Dataset.range(steps), whole).map(batch)
+        return ds.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())
+
+
+_EPOCH_DRAWS = []
+
+
+def _epoch_draws(augment_seed, n, batch_size):
+    """crop_flip_draws of every batch of an epoch, as make_dataset's batches draw them (each
+    batch's seed from its int64 step), concatenated: offsets int32 [n, 2], flip bool [n]."""
+    if not _EPOCH_DRAWS:  # one graph for every epoch, made on first use
+        tf = _tf()
+
+        @tf.function
+        @tf.autograph.experimental.do_not_convert
+        def draws(augment_seed, n, batch_size):
+            steps = (n + batch_size - 1) // batch_size
+
+            def body(step, offsets, flips):
+                size = tf.minimum(batch_size, n - step * batch_size)
+                o, f = crop_flip_draws(size, batch_seeds(augment_seed, tf.cast(step, tf.int64))[0])
+                return step + 1, offsets.write(step, o), flips.write(step, f)
+
+            arrays = (tf.TensorArray(tf.int32, steps, infer_shape=False), tf.TensorArray(tf.bool, steps, infer_shape=False))
+            _, offsets, flips = tf.while_loop(lambda step, *_: step < steps, body, (tf.constant(0), *arrays))
+            return offsets.concat(), flips.concat()
+
+        _EPOCH_DRAWS.append(draws)
+    return _EPOCH_DRAWS[0](augment_seed, n, batch_size)
+
+
+def _aligned_empty(shape, dtype, align=64):
+    """np.empty whose data starts on an `align`-byte boundary, as TensorFlow's CPU kernels need of
+    memory they are handed (they check, and abort the process, where it is not)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + size].view(dtype).reshape(shape)

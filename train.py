@@ -272,6 +272,7 @@ class RunFolder:
 # Training steps per call into TensorFlow: fewer returns to Python, the same steps. It makes a
 # LeNet epoch about 13 % faster here and does not change the larger models' speed (BENCHMARKS.md).
 STEPS_PER_EXECUTION = 16
+BATCHES = ("auto", "precomputed", "streamed")
 
 
 def build_model(settings, steps_per_epoch, jit=False, fused_batch_norm=True, steps_per_execution=1):
@@ -373,7 +374,7 @@ def _worker_folder(home, index):
 
 def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbose="auto",
           command=None, devices=None, jit=False, deterministic=False, keras_batch_norm=False,
-          steps_per_execution=None, **overrides):
+          steps_per_execution=None, batches="auto", **overrides):
     """Trains `model` with its recipe and `overrides`; returns the run's metrics.
 
     `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity; `devices` and
@@ -381,7 +382,8 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
     resumed; `deterministic` turns on TensorFlow's op determinism (for the rest of the process);
     `keras_batch_norm` keeps Keras' own batch-norm ops instead of the fused kernel (fused.py);
     `steps_per_execution` training steps run per call into TensorFlow (the same steps, fewer calls;
-    default STEPS_PER_EXECUTION on one replica, 1 on several).
+    default STEPS_PER_EXECUTION on one replica, 1 on several); `batches` where each epoch's
+    training batches are computed (BATCHES: see choose_batches).
     Raises TrainError for anything the user can fix.
     """
     if keras.backend.backend() != "tensorflow":
@@ -407,6 +409,7 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
                          f"({placement.replicas} here) in Keras {keras.__version__}; leave it out")
     if steps_per_execution is None:
         steps_per_execution = STEPS_PER_EXECUTION if placement.replicas == 1 else 1
+    batches = choose_batches(batches, settings, placement)
     if settings["batch_size"] % placement.replicas:
         raise TrainError(f"batch size {settings['batch_size']} does not split evenly over "
                          f"{placement.replicas} replicas")
@@ -427,18 +430,43 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
                      "per_replica_batch": settings["batch_size"] // placement.replicas,
                      "lr": settings["lr"], "lr_source": sources["lr"], "precision": policy, "jit": bool(jit),
                      "batch_norm": "keras" if keras_batch_norm else "fused",
-                     "steps_per_execution": steps_per_execution, "onednn": tfenv.onednn_enabled(),
+                     "steps_per_execution": steps_per_execution, "batches": batches,
+                     "onednn": tfenv.onednn_enabled(),
                      "deterministic": bool(deterministic)}
         with placement.strategy.scope():
             return _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit,
-                        fuse=not keras_batch_norm, steps_per_execution=steps_per_execution)
+                        fuse=not keras_batch_norm, steps_per_execution=steps_per_execution, batches=batches)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if run is not home:
             shutil.rmtree(run.path, ignore_errors=True)
 
 
-def _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit, fuse, steps_per_execution):
+def choose_batches(batches, settings, placement):
+    """Where each epoch's training batches are computed: "precomputed" (all at once before the
+    epoch, data.EpochBatches) or "streamed" (by tf.data beside the training step, data.make_dataset);
+    the same batches either way. "auto" precomputes them where the step runs on the CPU alone (one
+    device, no GPU): there a pipeline beside the step takes a core from its kernels (LeNet's epoch
+    on 2 cores: BENCHMARKS.md). On a GPU the pipeline's CPU work hides behind the step: streamed."""
+    if batches not in BATCHES:
+        raise TrainError(f"--batches must be one of {', '.join(BATCHES)}, not {batches!r}")
+    covered = settings["augment"] in data.EpochBatches.AUGMENTATIONS and not settings["cutout"] and not settings["mixup"]
+    if batches == "precomputed":
+        if not covered:
+            raise TrainError(f"--batches precomputed computes --augment {' or '.join(data.EpochBatches.AUGMENTATIONS)} "
+                             f"without --cutout or --mixup; this run has --augment {settings['augment']}, --cutout "
+                             f"{settings['cutout']}, --mixup {settings['mixup']}: use --batches streamed")
+        if placement.replicas > 1 or placement.kind == "multi_worker":
+            raise TrainError(f"--batches precomputed feeds one device; this run has {placement.replicas} replicas "
+                             f"({placement.kind}): use --batches streamed")
+        return batches
+    if batches == "auto":
+        return "precomputed" if covered and placement.kind == "default" else "streamed"
+    return batches
+
+
+def _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit, fuse, steps_per_execution,
+         batches="streamed"):
     if dataset is None:
         try:
             dataset = data.load_cifar10(data_dir)
@@ -480,7 +508,12 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
     fit_verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose
     eval_batch = max(settings["batch_size"], 256)
     pipeline = dict(preprocess_mode=settings["preprocess"])
-    val_ds = (data.make_dataset(x_val, y_val, eval_batch, **pipeline) if len(x_val) else None)
+    if batches == "precomputed":
+        # Normalised once per run; each epoch's batches are then one crop of the whole epoch.
+        epoch_batches = data.EpochBatches(train_images, train_labels, augment=settings["augment"], **pipeline)
+        val_ds = data.EpochBatches(x_val, y_val, **pipeline).dataset(eval_batch) if len(x_val) else None
+    else:
+        val_ds = data.make_dataset(x_val, y_val, eval_batch, **pipeline) if len(x_val) else None
     timer = EpochTimer()
     callbacks = [timer, keras.callbacks.TerminateOnNaN()]
     if fit_verbose:
@@ -490,9 +523,13 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
     wall_before = state["wall_seconds"]
 
     for epoch in range(state["epochs_completed"], settings["epochs"]):
-        train_ds = data.make_dataset(train_images, train_labels, settings["batch_size"], augment=settings["augment"],
-                                     cutout=settings["cutout"], mixup=settings["mixup"], shuffle=True,
-                                     seed=settings["seed"], epoch=epoch, **pipeline)
+        train_ds = None  # the last epoch's batches go before this epoch's are made
+        if batches == "precomputed":
+            train_ds = epoch_batches.dataset(settings["batch_size"], shuffle=True, seed=settings["seed"], epoch=epoch)
+        else:
+            train_ds = data.make_dataset(train_images, train_labels, settings["batch_size"], augment=settings["augment"],
+                                         cutout=settings["cutout"], mixup=settings["mixup"], shuffle=True,
+                                         seed=settings["seed"], epoch=epoch, **pipeline)
         lr = float(f"{current_lr(model_):.6g}")  # the float32 value, without its binary noise
         history = model_.fit(train_ds, validation_data=val_ds, epochs=epoch + 1, initial_epoch=epoch,
                              verbose=fit_verbose, shuffle=False, callbacks=callbacks)
@@ -638,6 +675,11 @@ def build_parser():
                    help=f"training steps per call into TensorFlow: the same steps with less per-step "
                         f"overhead, progress shown per N steps (default {STEPS_PER_EXECUTION} on one "
                         f"device; 1, the only value Keras supports, on several)")
+    p.add_argument("--batches", choices=BATCHES, default="auto",
+                   help="where each epoch's training batches are computed: precomputed, all at once before the "
+                        "epoch (memory: ~1.5 GB more for CIFAR-10), or streamed, beside the training step; the same "
+                        "batches either way (default auto: precomputed on the CPU alone, streamed on GPUs and "
+                        "where --augment kaggle, --cutout or --mixup is used)")
     p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
     p.add_argument("--run-dir", help="run folder (default runs/MODEL-seedSEED); rerun to resume")
     return p
@@ -664,7 +706,7 @@ def main(argv=None):
             return 0
         execution = dict(data_dir=args.data_dir, devices=args.devices, jit=args.jit,
                          deterministic=args.deterministic, keras_batch_norm=args.keras_batch_norm,
-                         steps_per_execution=args.steps_per_execution,
+                         steps_per_execution=args.steps_per_execution, batches=args.batches,
                          command=["train.py", *(sys.argv[1:] if argv is None else argv)])
         if args.seeds:
             if args.seed is not None:

@@ -3,7 +3,8 @@
     python bench/epoch_parts.py --data-dir ../shared/data [--model lenet] [--epochs 4] [-- TRAIN_FLAGS]
 
 Runs train.py's own `main` in this process, into a fresh temporary run folder, with timers around
-the pieces of its per-epoch loop: building the epoch's training pipeline (`data.make_dataset`);
+the pieces of its per-epoch loop: building the epoch's training pipeline (`data.make_dataset`,
+or, by default on a CPU, computing the epoch's batches: `data.EpochBatches.dataset`);
 inside Keras' `fit`, its setup (the call to the first epoch callback), the first execution of
 steps, the steady rate of the following ones, the validation pass, and its return (the last
 callback to `fit` returning); then the checkpoint (`RunFolder.commit`). "wall" is the time from
@@ -66,6 +67,13 @@ def instrument():
         return (timed("pipeline", make_dataset) if kwargs.get("shuffle") else make_dataset)(*args, **kwargs)
 
     data.make_dataset = make_training_pipeline
+    # The default on a CPU: the epoch's batches computed before it (train.py --batches precomputed).
+    epoch_batches = data.EpochBatches.dataset
+
+    def epoch_training_batches(self, *args, **kwargs):
+        return (timed("pipeline", epoch_batches) if kwargs.get("shuffle") else epoch_batches)(self, *args, **kwargs)
+
+    data.EpochBatches.dataset = epoch_training_batches
     fit = keras.Model.fit
 
     def timed_fit(self, *args, **kwargs):

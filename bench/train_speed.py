@@ -1,8 +1,9 @@
 """Training throughput of train.py's own training step, in images per second.
 
 Builds the model and optimizer exactly as `train.py` does (its recipe, with --batch on top), feeds
-it the training pipeline of `data.py` (gather, pad-4 crop + flip, normalise) over random uint8
-CIFAR-shaped images, and times the steps after a warm-up with a per-batch callback, as
+it the training batches of `data.py` (gather, pad-4 crop + flip, normalise) over random uint8
+CIFAR-shaped images, computed as train.py computes them (--batches: before the steps on the CPU
+alone, beside them elsewhere), and times the steps after a warm-up with a per-batch callback, as
 ../shared/bench/torch_reference.py times its own. Prints one JSON line.
 
     python bench/train_speed.py --model resnet20 --batch 128 --steps 100 [--devices 2] [--jit]
@@ -47,7 +48,7 @@ class StepClock(keras.callbacks.Callback):
 
 
 def prepare(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, mixed_precision=False,
-            keras_batch_norm=False, steps_per_execution=None):
+            keras_batch_norm=False, steps_per_execution=None, batches="auto"):
     """The model as train.py builds it and a pipeline of warmup + steps batches; and the settings as a dict.
 
     --warmup and --steps are rounded up to whole executions of `steps_per_execution` steps.
@@ -75,15 +76,23 @@ def prepare(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
     n = (warmup + steps) * batch
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.uint8)
-    dataset = data.make_dataset(images, labels, batch, augment="standard", shuffle=True, seed=seed,
-                                preprocess_mode=settings["preprocess"])
+    try:
+        batches = train.choose_batches(batches, settings, placement)  # train.py's choice for this placement
+    except train.TrainError as e:
+        raise SystemExit(f"error: {e}") from None
+    if batches == "precomputed":
+        dataset = data.EpochBatches(images, labels, preprocess_mode=settings["preprocess"],
+                                    augment="standard").dataset(batch, shuffle=True, seed=seed)
+    else:
+        dataset = data.make_dataset(images, labels, batch, augment="standard", shuffle=True, seed=seed,
+                                    preprocess_mode=settings["preprocess"])
     setup = {
         "framework": f"keras {keras.__version__} / {backend} {importlib.import_module(backend).__version__}",
         "backend": backend,
         "model": model_name, "params": model.count_params(), "batch": batch,
         "replicas": placement.replicas, "jit": bool(model.jit_compile), "precision": policy,
         "batch_norm": "fused" if on_tensorflow and not keras_batch_norm else "keras",
-        "steps_per_execution": steps_per_execution, "onednn": tfenv.onednn_enabled() if on_tensorflow else None,
+        "steps_per_execution": steps_per_execution, "batches": batches, "onednn": tfenv.onednn_enabled() if on_tensorflow else None,
         "steps_timed": steps, "warmup_steps": warmup,
     }
     return model, dataset, setup
@@ -120,6 +129,9 @@ def parser(description, steps, what="timed"):
     p.add_argument("--steps-per-execution", type=int,
                    help=f"training steps per call into TensorFlow (default: train.py's, "
                         f"{train.STEPS_PER_EXECUTION} on one device, 1 on several)")
+    p.add_argument("--batches", choices=train.BATCHES, default="auto",
+                   help="the batches computed before the steps or beside them, as train.py's --batches "
+                        "(default: train.py's choice, precomputed on the CPU alone)")
     return p
 
 
@@ -129,7 +141,8 @@ def parse(p, argv, min_steps):
     if a.steps < min_steps or a.warmup < 1 or a.batch < 1 or (a.steps_per_execution or 1) < 1:
         p.error(f"--steps must be >= {min_steps}, and --warmup, --batch and --steps-per-execution >= 1")
     options = dict(devices=a.devices, jit=a.jit, mixed_precision=a.mixed_precision,
-                   keras_batch_norm=a.keras_batch_norm, steps_per_execution=a.steps_per_execution)
+                   keras_batch_norm=a.keras_batch_norm, steps_per_execution=a.steps_per_execution,
+                   batches=a.batches)
     return a, options
 
 

@@ -88,6 +88,9 @@ def test_train_speed_measures_train_py_step_and_names_the_backend():
     assert (result["backend"], result["jit"], result["batch_norm"], result["steps_timed"]) == ("tensorflow", False,
                                                                                              "fused", 2)
     assert result["img_per_s"] > 0 and result["framework"].startswith("keras 3.")
+    assert result["batches"] == "precomputed"  # train.py's choice on the CPU alone
+    streamed = train_speed.measure("lenet", batch=8, steps=2, warmup=1, steps_per_execution=1, batches="streamed")
+    assert streamed["batches"] == "streamed" and streamed["img_per_s"] > 0
 
 
 def test_benchmarks_refuse_what_needs_tensorflow_on_another_backend(monkeypatch):

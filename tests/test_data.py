@@ -325,3 +325,45 @@ def test_pipeline_rejects_unknown_modes(tiny_cifar):
         data.make_dataset(x, y, 8, augment="cutmix")
     with pytest.raises(ValueError, match="preprocess must be one of standardize, scale"):
         data.make_dataset(x, y, 8, preprocess_mode="zca")
+
+
+@pytest.mark.parametrize("augment", data.EpochBatches.AUGMENTATIONS)
+@pytest.mark.parametrize("preprocess_mode", data.PREPROCESSING)
+def test_precomputed_epochs_are_the_streamed_batches_bit_for_bit(augment, preprocess_mode):
+    """train.py's CPU default (data.EpochBatches) against the pipeline (data.make_dataset): the
+    same batches, last one short, for several epochs and seeds, and unshuffled (validation)."""
+    import tensorflow as tf
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (1000, 32, 32, 3), np.uint8)
+    y = rng.integers(0, 10, 1000).astype(np.uint8)
+    epochs = data.EpochBatches(tf.constant(x), tf.constant(y), preprocess_mode=preprocess_mode, augment=augment)
+    if augment == "standard":  # these epochs draw every offset with and without a flip
+        draws = data._epoch_draws(tf.constant([0, 1], tf.int64), tf.constant(1000), tf.constant(96))
+        combos = set(zip(*draws[0].numpy().T, draws[1].numpy()))
+        assert len(combos) == 9 * 9 * 2
+    for seed, epoch in ((0, 1), (0, 2), (5, 1)):
+        ours = list(epochs.dataset(96, shuffle=True, seed=seed, epoch=epoch))
+        theirs = list(data.make_dataset(x, y, 96, preprocess_mode=preprocess_mode, augment=augment, shuffle=True,
+                                        seed=seed, epoch=epoch))
+        assert [len(b[0]) for b in ours] == [96] * 10 + [40] == [len(b[0]) for b in theirs]
+        for (a, la), (b, lb) in zip(ours, theirs):
+            assert a.dtype == b.dtype == tf.float32
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            np.testing.assert_array_equal(la.numpy(), lb.numpy())
+    plain = data.EpochBatches(x, y, preprocess_mode=preprocess_mode)
+    for (a, la), (b, lb) in zip(plain.dataset(256), data.make_dataset(x, y, 256, preprocess_mode=preprocess_mode)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(la.numpy(), lb.numpy())
+
+
+def test_precomputed_epochs_refuse_what_they_do_not_compute():
+    x, y = np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.uint8)
+    with pytest.raises(ValueError, match="EpochBatches computes augment 'standard' or 'none', not 'kaggle'"):
+        data.EpochBatches(x, y, augment="kaggle")
+
+
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (10, 42, 42, 3)])
+def test_memory_handed_to_tensorflow_is_aligned(shape):
+    for _ in range(5):  # numpy's own arrays start 16 bytes into a page: TensorFlow aborts on those
+        a = data._aligned_empty(shape, np.float32)
+        assert a.shape == shape and a.dtype == np.float32 and a.ctypes.data % 64 == 0

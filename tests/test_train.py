@@ -98,6 +98,9 @@ def test_finished_run_is_left_alone(tiny_cifar, tmp_path, capsys):
     (["--lr", "0"], "lr must be positive"),
     (["--lr-milestones", "5", "3"], "schedule: "),
     (["--val-split", "200"], "validation split must be a whole number from 0 to 199"),
+    (["--batches", "precomputed", "--cutout", "8"],
+     "--batches precomputed computes --augment standard or none without --cutout or --mixup; this run has "
+     "--augment standard, --cutout 8, --mixup 0.0: use --batches streamed"),
 ])
 def test_bad_settings_exit_with_one_line(extra, message, tiny_cifar, tmp_path, capsys):
     root, _ = tiny_cifar
@@ -290,3 +293,42 @@ def test_steps_per_execution_runs_the_same_steps(tiny_cifar, tmp_path, capsys):
 
     assert train.main(tiny_args(root, tmp_path / "bad", "--steps-per-execution", "0")) == 2
     assert "error: --steps-per-execution must be a whole number >= 1, not 0" in capsys.readouterr().err
+
+
+def test_precomputed_and_streamed_batches_train_alike(tiny_cifar, tmp_path):
+    """The CPU default computes each epoch's batches before it; streamed, tf.data computes them
+    beside the step: the same batches (tests/test_data.py), so the same training."""
+    root, _ = tiny_cifar
+    runs = {b: tmp_path / b for b in ("precomputed", "streamed")}
+    for b, run in runs.items():
+        assert train.main(tiny_args(root, run, "--epochs", "2", "--batches", b)) == 0
+    default = tmp_path / "default"
+    assert train.main(tiny_args(root, default, "--epochs", "1")) == 0
+    assert json.loads((default / "metrics.json").read_text())["execution"]["batches"] == "precomputed"
+    assert json.loads((runs["streamed"] / "metrics.json").read_text())["execution"]["batches"] == "streamed"
+    a, b = (keras.saving.load_model(run / "last.keras") for run in runs.values())
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [float(r[key]) for r in read_history(runs["precomputed"])] == pytest.approx(
+            [float(r[key]) for r in read_history(runs["streamed"])], rel=1e-5)
+
+
+def test_where_the_batches_are_computed():
+    settings, _ = train.resolve_settings("lenet")
+    cpu, gpu = (train.distribute.Placement(None, kind, ["d"], 1, True, 0, 1) for kind in ("default", "one_device"))
+    two = train.distribute.Placement(None, "mirrored", ["a", "b"], 2, True, 0, 1)
+    assert train.choose_batches("auto", settings, cpu) == "precomputed"
+    assert train.choose_batches("auto", settings, gpu) == "streamed"  # the pipeline hides behind a GPU's step
+    assert train.choose_batches("auto", settings, two) == "streamed"
+    assert train.choose_batches("auto", {**settings, "augment": "none"}, cpu) == "precomputed"
+    for other in ({"augment": "kaggle"}, {"cutout": 16}, {"mixup": 0.2}):  # computed per batch only
+        assert train.choose_batches("auto", {**settings, **other}, cpu) == "streamed"
+        with pytest.raises(train.TrainError, match="use --batches streamed"):
+            train.choose_batches("precomputed", {**settings, **other}, cpu)
+    assert train.choose_batches("precomputed", settings, gpu) == "precomputed"
+    assert train.choose_batches("streamed", settings, cpu) == "streamed"
+    with pytest.raises(train.TrainError, match="feeds one device; this run has 2 replicas"):
+        train.choose_batches("precomputed", settings, two)
+    with pytest.raises(train.TrainError, match="--batches must be one of auto, precomputed, streamed"):
+        train.choose_batches("ahead", settings, cpu)
