@@ -13,7 +13,10 @@ between variants so that a noisy neighbour hits all of them alike. Two figures p
   checkpoint) is in it.
 
 The table gives, per variant, the medians, the mean wall time, how many epochs took at most
---goal seconds, and the stalls: epochs whose wall time exceeds their fit time by more than 2 s.
+--goal seconds, and the stalls: epochs whose wall time exceeds their fit time by more than 2 s;
+then, as medians over the runs, the time from starting the process to the end of the first epoch
+(everything a run does once: importing, loading, building, tracing) and the process's peak
+resident memory.
 
 The first epoch traces the training step and is left out: epochs 2..E of every run are pooled
 and their median printed, with the final validation accuracy of each run (same seed, so equal
@@ -87,11 +90,14 @@ def split(variant):
 
 
 def run_once(train_py, model, epochs, data_dir, flags, env):
-    """One fresh training run: {"fit": seconds, "wall": seconds} of epochs 2.., and its final "val_accuracy"."""
+    """One fresh training run: {"fit": seconds, "wall": seconds} of epochs 2.., its final "val_accuracy",
+    "first": seconds from the start of the process to the end of the first epoch (start-up, loading,
+    building, tracing and the epoch), and "peak_rss_mib": the process's peak resident memory."""
     with tempfile.TemporaryDirectory(prefix="epoch-time-") as tmp:
         command = [sys.executable, str(train_py), "--model", model, "--epochs", str(epochs),
                    "--data-dir", str(data_dir), "--run-dir", tmp, *flags]
         stamps, tail = [], []
+        start = time.perf_counter()
         with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a chatty stderr cannot block the child
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
                                     cwd=Path(train_py).parent, env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
@@ -99,7 +105,8 @@ def run_once(train_py, model, epochs, data_dir, flags, env):
                 if EPOCH_END.match(line):
                     stamps.append(time.perf_counter())
                 tail = (tail + [line.rstrip()])[-3:]
-            proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)  # wait, with the child's own peak memory
+            proc.returncode = os.waitstatus_to_exitcode(status)
             err.seek(0)
             if proc.returncode != 0:
                 last = (err.read().strip().splitlines() or tail or ["no message"])[-1]
@@ -109,7 +116,8 @@ def run_once(train_py, model, epochs, data_dir, flags, env):
         with open(Path(tmp) / "history.csv", newline="") as f:
             fit = [float(row["epoch_seconds"]) for row in csv.DictReader(f)]
         metrics = json.loads((Path(tmp) / "metrics.json").read_text())
-    return {"fit": fit[1:], "wall": epoch_walls(stamps), "val_accuracy": metrics["val_accuracy"]}
+    return {"fit": fit[1:], "wall": epoch_walls(stamps), "val_accuracy": metrics["val_accuracy"],
+            "first": stamps[0] - start, "peak_rss_mib": usage.ru_maxrss / 1024}  # Linux: kilobytes
 
 
 def main(argv=None):
@@ -144,18 +152,21 @@ def main(argv=None):
             r = run_once(script, a.model, a.epochs, Path(a.data_dir).resolve(), flags, env)
             results[v].append(r)
             print(json.dumps({"variant": v, "model": a.model, "fit": [round(x, 3) for x in r["fit"]],
-                              "wall": [round(x, 3) for x in r["wall"]], "val_accuracy": r["val_accuracy"]}),
+                              "wall": [round(x, 3) for x in r["wall"]], "val_accuracy": r["val_accuracy"],
+                              "first": round(r["first"], 2), "peak_rss_mib": round(r["peak_rss_mib"])}),
                   flush=True)
 
     print(f"\n{a.model}, epochs 2-{a.epochs} of {a.repeats} runs each, pooled (seconds):\n\n"
           f"| variant | epochs | fit median | wall median | wall mean | fit <= {a.goal:g} s | wall <= {a.goal:g} s "
-          "| stalls (wall - fit > 2 s) | final val accuracy of each run |\n|---|---|---|---|---|---|---|---|---|")
+          "| stalls (wall - fit > 2 s) | start to epoch 1's end | peak memory | final val accuracy of each run |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|")
     for v in variants:
         t = summarise(results[v], a.goal)
         accuracies = " ".join(f"{r['val_accuracy']:.4f}" for r in results[v])
         print(f"| {v or 'default'} | {t['epochs']} | {t['fit_median']:.2f} | {t['wall_median']:.2f} "
               f"| {t['wall_mean']:.2f} | {t['fit_within_goal']} | {t['wall_within_goal']} | {t['stalls']} "
-              f"| {accuracies} |")
+              f"| {statistics.median(r['first'] for r in results[v]):.1f} s "
+              f"| {statistics.median(r['peak_rss_mib'] for r in results[v]):,.0f} MiB | {accuracies} |")
 
 
 if __name__ == "__main__":

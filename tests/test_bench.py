@@ -99,3 +99,37 @@ def test_benchmarks_refuse_what_needs_tensorflow_on_another_backend(monkeypatch)
         train_speed.prepare("lenet", batch=8, steps=2, warmup=1, devices=2)
     with pytest.raises(SystemExit, match="profile_step.py reads TensorFlow's profiler trace"):
         profile_step.profile("lenet", batch=8, steps=2, warmup=1, top=3)
+
+
+FAKE_TRAIN = '''
+import argparse, json, sys, time
+from pathlib import Path
+import numpy as np
+p = argparse.ArgumentParser()
+for flag in ("--model", "--epochs", "--data-dir", "--run-dir", "--exit"):
+    p.add_argument(flag)
+a = p.parse_args()
+if a.exit:
+    print("error: told to fail", file=sys.stderr)
+    sys.exit(int(a.exit))
+held = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+rows = []
+for epoch in range(int(a.epochs)):
+    time.sleep(0.05 * (epoch + 1))
+    print(f"352/352 - 1s - 3ms/step - accuracy: 0.5", flush=True)
+    rows.append(f"{epoch + 1},{0.5 + epoch}")
+run = Path(a.run_dir)
+(run / "history.csv").write_text("epoch,epoch_seconds\\n" + "\\n".join(rows) + "\\n")
+(run / "metrics.json").write_text(json.dumps({"val_accuracy": 0.25}))
+'''
+
+
+def test_epoch_time_runs_a_fresh_process_and_reads_its_epochs_and_peak_memory(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(FAKE_TRAIN)
+    r = epoch_time.run_once(script, "lenet", 3, tmp_path, [], {})
+    assert r["fit"] == [1.5, 2.5] and r["val_accuracy"] == 0.25  # epochs 2.. of history.csv
+    assert len(r["wall"]) == 2 and all(w > 0.05 for w in r["wall"])
+    assert r["first"] > 0.05 and 300 < r["peak_rss_mib"] < 2000
+    with pytest.raises(SystemExit, match="exit status 3 from .*: error: told to fail"):
+        epoch_time.run_once(script, "lenet", 3, tmp_path, ["--exit", "3"], {})
