@@ -1,6 +1,8 @@
 """The arithmetic of bench/profile_step.py, bench/side_by_side.py, bench/epoch_time.py and
-bench/epoch_parts.py (the measurements run in bench/), and bench/train_speed.py on a few steps."""
+bench/epoch_parts.py (the measurements run in bench/), and bench/train_speed.py and
+bench/pipeline_speed.py on a few steps."""
 
+import json
 import sys
 
 import pytest
@@ -11,6 +13,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import epoch_parts  # noqa: E402
 import epoch_time  # noqa: E402
+import pipeline_speed  # noqa: E402
 import profile_step  # noqa: E402
 import side_by_side  # noqa: E402
 import train_speed  # noqa: E402
@@ -133,3 +136,24 @@ def test_epoch_time_runs_a_fresh_process_and_reads_its_epochs_and_peak_memory(tm
     assert r["first"] > 0.05 and 300 < r["peak_rss_mib"] < 2000
     with pytest.raises(SystemExit, match="exit status 3 from .*: error: told to fail"):
         epoch_time.run_once(script, "lenet", 3, tmp_path, ["--exit", "3"], {})
+
+
+@pytest.mark.parametrize("batches", ["streamed", "precomputed"])
+def test_pipeline_speed_counts_every_image_of_each_epoch(batches, capsys, monkeypatch):
+    counted = []
+    reduce = pipeline_speed.tf.data.Dataset.reduce
+
+    def counting(self, *args):
+        counted.append(int(reduce(self, *args)))
+        return counted[-1]
+
+    monkeypatch.setattr(pipeline_speed.tf.data.Dataset, "reduce", counting)
+    pipeline_speed.main(["--images", "300", "--batch", "64", "--repeats", "2", "--batches", batches])
+    result = json.loads(capsys.readouterr().out)
+    assert counted == [300] * 3 and result["batches"] == batches and len(result["runs"]) == 2
+    assert result["img_per_s"] > 0 and ("setup_seconds" in result) == (batches == "precomputed")
+
+
+def test_pipeline_speed_refuses_what_precomputed_epochs_do_not_compute():
+    with pytest.raises(SystemExit):
+        pipeline_speed.main(["--images", "300", "--augment", "kaggle", "--batches", "precomputed"])
