@@ -579,8 +579,8 @@ class EpochBatches:
     pipeline computing batches beside them takes a core from them at every step; on the 2-core
     machine a LeNet epoch took 1.25 s longer with augmentation than without, for ~0.3 s of
     work (BENCHMARKS.md, "LeNet epoch on the real data"). Here an epoch's batches are one
-    multi-threaded crop over the whole epoch (~0.2 s for 45,000 images), and the step reads
-    them in place.
+    multi-threaded crop over the whole epoch (~0.3 s for 45,000 images on 2 cores), and the step
+    reads them in place.
 
     The images are normalised once per run and kept in memory with PAD + 1 pixels of normalised
     black around them (45,000 images: 952 MB of float32); an epoch's batches take 553 MB more.
@@ -602,8 +602,9 @@ class EpochBatches:
         h, w, c = IMAGE_SHAPE
         # Normalised black, per channel: what the crop's zero padding becomes after normalisation.
         black = preprocess(tf.zeros([1, h, w, c], tf.uint8), preprocess_mode).numpy()[0, 0, 0]
-        # Written in place in numpy, then handed to TensorFlow without a copy: fresh memory is
-        # slow to touch on a virtual machine (~1 s per GB the first time), so it is touched once.
+        # Written in place in numpy, then handed to TensorFlow without a copy: memory new to the
+        # process is slow to write the first time (seconds per GB on the virtual machines of
+        # BENCHMARKS.md), so this is written once.
         padded = _aligned_empty((self.n, h + 2 * margin, w + 2 * margin, c), np.float32)
         if margin:
             for border in (padded[:, :margin], padded[:, -margin:], padded[:, :, :margin], padded[:, :, -margin:]):

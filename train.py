@@ -677,7 +677,7 @@ def build_parser():
                         f"device; 1, the only value Keras supports, on several)")
     p.add_argument("--batches", choices=BATCHES, default="auto",
                    help="where each epoch's training batches are computed: precomputed, all at once before the "
-                        "epoch (memory: ~1.5 GB more for CIFAR-10), or streamed, beside the training step; the same "
+                        "epoch (memory: ~2 GB more for CIFAR-10), or streamed, beside the training step; the same "
                         "batches either way (default auto: precomputed on the CPU alone, streamed on GPUs and "
                         "where --augment kaggle, --cutout or --mixup is used)")
     p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
