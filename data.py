@@ -439,13 +439,21 @@ def crop_and_flip(images, offsets, flip):
     tf = _tf()
     h, w = images.shape[1], images.shape[2]
     images = tf.pad(images, [[0, 0], [0, 1], [0, 1], [0, 0]])
-    top, left = tf.cast(offsets[:, 0], tf.float32), tf.cast(offsets[:, 1], tf.float32)
-    # Box corners in crop_and_resize's normalised coordinates of the padded image: pixel p is p / h.
-    y1, y2 = top / h, (top + h - 1) / h
-    x1, x2 = left / w, (left + w - 1) / w
-    boxes = tf.stack([y1, tf.where(flip, x2, x1), y2, tf.where(flip, x1, x2)], axis=1)
+    boxes = crop_boxes(offsets, flip, (h, w), (h, w))
     return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), [h, w], method="nearest",
                                     extrapolation_value=0.0)
+
+
+def crop_boxes(offsets, flip, size, unit):
+    """crop_and_resize boxes for crops of `size` (rows, columns) whose top-left pixels are
+    `offsets` (int32 [n, 2]), mirrored where `flip`: a mirrored box's left edge lies right of its
+    right edge. crop_and_resize's coordinates are normalised: pixel p of an image of R rows lies
+    at p / (R - 1), so `unit` is the source image's (rows - 1, columns - 1)."""
+    tf = _tf()
+    top, left = tf.cast(offsets[:, 0], tf.float32), tf.cast(offsets[:, 1], tf.float32)
+    y1, y2 = top / unit[0], (top + size[0] - 1) / unit[0]
+    x1, x2 = left / unit[1], (left + size[1] - 1) / unit[1]
+    return tf.stack([y1, tf.where(flip, x2, x1), y2, tf.where(flip, x1, x2)], axis=1)
 
 
 def kaggle_augment_batch(images, seed):
@@ -623,12 +631,8 @@ class EpochBatches:
         if self.augment == "standard":
             offsets, flip = _epoch_draws(tf.constant([seed, epoch], tf.int64), tf.constant(self.n),
                                          tf.constant(batch_size))
-            offsets += self.margin
-            size = self.images.shape[1] - 1  # crop_and_resize's unit: positions are pixel / (size - 1)
-            top, left = tf.cast(offsets[:, 0], tf.float32), tf.cast(offsets[:, 1], tf.float32)
-            y1, y2 = top / size, (top + IMAGE_SHAPE[0] - 1) / size
-            x1, x2 = left / size, (left + IMAGE_SHAPE[1] - 1) / size
-            boxes = tf.stack([y1, tf.where(flip, x2, x1), y2, tf.where(flip, x1, x2)], axis=1)
+            unit = (self.images.shape[1] - 1, self.images.shape[2] - 1)
+            boxes = crop_boxes(offsets + self.margin, flip, IMAGE_SHAPE[:2], unit)
             images = tf.image.crop_and_resize(self.images, boxes, order, IMAGE_SHAPE[:2], method="nearest")
         else:
             images = tf.gather(self.images, order)

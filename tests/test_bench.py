@@ -154,6 +154,7 @@ def test_pipeline_speed_counts_every_image_of_each_epoch(batches, capsys, monkey
     assert result["img_per_s"] > 0 and ("setup_seconds" in result) == (batches == "precomputed")
 
 
-def test_pipeline_speed_refuses_what_precomputed_epochs_do_not_compute():
+def test_pipeline_speed_refuses_what_precomputed_epochs_do_not_compute(capsys):
     with pytest.raises(SystemExit):
         pipeline_speed.main(["--images", "300", "--augment", "kaggle", "--batches", "precomputed"])
+    assert "--batches precomputed computes --augment standard or none" in capsys.readouterr().err
