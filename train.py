@@ -47,6 +47,7 @@ import data  # noqa: E402
 import distribute  # noqa: E402
 import fused  # noqa: E402
 import models  # noqa: E402
+import padded  # noqa: E402
 from htd import schedules  # noqa: E402
 
 # What a recipe does not say. Flags override both.
@@ -273,9 +274,11 @@ class RunFolder:
 # LeNet epoch about 13 % faster here and does not change the larger models' speed (BENCHMARKS.md).
 STEPS_PER_EXECUTION = 16
 BATCHES = ("auto", "precomputed", "streamed")
+CHANNEL_PADDING = ("auto", "on", "off")
 
 
-def build_model(settings, steps_per_epoch, jit=False, fused_batch_norm=True, steps_per_execution=1):
+def build_model(settings, steps_per_epoch, jit=False, fused_batch_norm=True, steps_per_execution=1,
+                pad_channels=False):
     keras.utils.set_random_seed(settings["seed"])
     model = models.create_model(settings["model"], num_classes=data.NUM_CLASSES,
                                 weight_decay=settings["weight_decay"])
@@ -285,6 +288,8 @@ def build_model(settings, steps_per_epoch, jit=False, fused_batch_norm=True, ste
         model = keras.Model(model.input, outputs, name=model.name)
     if fused_batch_norm:
         fused.use_fused_batch_norm(model)
+    if pad_channels:
+        padded.pad_channels(model)
     optimizer = keras.optimizers.SGD(
         learning_rate=make_schedule(settings, steps_per_epoch),
         momentum=settings["momentum"], nesterov=settings["nesterov"])
@@ -374,7 +379,7 @@ def _worker_folder(home, index):
 
 def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbose="auto",
           command=None, devices=None, jit=False, deterministic=False, keras_batch_norm=False,
-          steps_per_execution=None, batches="auto", **overrides):
+          steps_per_execution=None, batches="auto", channel_padding="auto", **overrides):
     """Trains `model` with its recipe and `overrides`; returns the run's metrics.
 
     `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity; `devices` and
@@ -383,7 +388,9 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
     `keras_batch_norm` keeps Keras' own batch-norm ops instead of the fused kernel (fused.py);
     `steps_per_execution` training steps run per call into TensorFlow (the same steps, fewer calls;
     default STEPS_PER_EXECUTION on one replica, 1 on several); `batches` where each epoch's
-    training batches are computed (BATCHES: see choose_batches).
+    training batches are computed (BATCHES: see choose_batches); `channel_padding` whether
+    convolutions with a channel count the CPU's vectors do not divide compute with zero channels
+    added (CHANNEL_PADDING: see choose_channel_padding and padded.py).
     Raises TrainError for anything the user can fix.
     """
     if keras.backend.backend() != "tensorflow":
@@ -410,6 +417,7 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
     if steps_per_execution is None:
         steps_per_execution = STEPS_PER_EXECUTION if placement.replicas == 1 else 1
     batches = choose_batches(batches, settings, placement)
+    channel_padding = choose_channel_padding(channel_padding, placement)
     if settings["batch_size"] % placement.replicas:
         raise TrainError(f"batch size {settings['batch_size']} does not split evenly over "
                          f"{placement.replicas} replicas")
@@ -431,11 +439,11 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
                      "lr": settings["lr"], "lr_source": sources["lr"], "precision": policy, "jit": bool(jit),
                      "batch_norm": "keras" if keras_batch_norm else "fused",
                      "steps_per_execution": steps_per_execution, "batches": batches,
+                     "channel_padding": channel_padding,
                      "onednn": tfenv.onednn_enabled(),
                      "deterministic": bool(deterministic)}
         with placement.strategy.scope():
-            return _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit,
-                        fuse=not keras_batch_norm, steps_per_execution=steps_per_execution, batches=batches)
+            return _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if run is not home:
@@ -465,8 +473,23 @@ def choose_batches(batches, settings, placement):
     return batches
 
 
-def _run(run, settings, sources, execution, dataset, data_dir, verbose, command, jit, fuse, steps_per_execution,
-         batches="streamed"):
+def choose_channel_padding(channel_padding, placement):
+    """"on" or "off": whether padded.pad_channels runs on the model. "auto" pads where the step runs
+    on CPUs, where it was measured faster (LeNet's step 1.1-1.25x on the 2-core AVX2 machine:
+    BENCHMARKS.md, "Padded channels"); GPUs' libraries choose their own layouts, and it is not
+    measured there. Only LeNet has convolutions it pads (6 filters); other models run as before."""
+    if channel_padding not in CHANNEL_PADDING:
+        raise TrainError(f"--channel-padding must be one of {', '.join(CHANNEL_PADDING)}, not {channel_padding!r}")
+    if channel_padding == "auto":
+        return "on" if all("CPU" in d.upper() for d in placement.devices) else "off"
+    return channel_padding
+
+
+def _run(run, settings, sources, execution, dataset, data_dir, verbose, command):
+    # How the step runs comes from the execution record, so the record is what ran.
+    jit, fuse = execution["jit"], execution["batch_norm"] == "fused"
+    steps_per_execution, batches = execution["steps_per_execution"], execution["batches"]
+    pad = execution["channel_padding"] == "on"
     if dataset is None:
         try:
             dataset = data.load_cifar10(data_dir)
@@ -495,12 +518,14 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
         state = {"epochs_completed": 0, "checkpoint": None, "best": None, "history": [],
                  "wall_seconds": 0.0}
         model_ = build_model(settings, steps_per_epoch, jit=jit, fused_batch_norm=fuse,
-                             steps_per_execution=steps_per_execution)
+                             steps_per_execution=steps_per_execution, pad_channels=pad)
     else:
         run.sync(state)
         model_ = keras.saving.load_model(run.path / "last.keras")
         if fuse:
             fused.use_fused_batch_norm(model_)
+        if pad:
+            padded.pad_channels(model_)
         model_.jit_compile = bool(jit)
         model_.steps_per_execution = steps_per_execution
         print(f"Resuming {run.path} after epoch {state['epochs_completed']}/{settings['epochs']}", flush=True)
@@ -550,7 +575,7 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
                     tf.summary.scalar(key, row[key])
         writer.flush()
 
-    metrics = _final_evaluation(run, state, settings, dataset, len(x_train), len(x_val), eval_batch, fuse)
+    metrics = _final_evaluation(run, state, settings, dataset, len(x_train), len(x_val), eval_batch, fuse, pad)
     metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start
     metrics["execution"] = execution
     write_json(run.path / "metrics.json", metrics)
@@ -564,7 +589,7 @@ def indices_fingerprint(indices):
     return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()
 
 
-def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch, fuse):
+def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch, fuse, pad):
     """The test set is used here, once, on the model the validation split chose."""
     if state["best"] is not None:
         kept, epoch = "best.keras", state["best"]["epoch"]
@@ -575,6 +600,8 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch,
     model = keras.saving.load_model(run.path / kept, compile=False)
     if fuse:
         fused.use_fused_batch_norm(model)
+    if pad:
+        padded.pad_channels(model)
     test = {}
     for flip in (False, True):
         ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"],
@@ -680,6 +707,10 @@ def build_parser():
                         "epoch (memory: ~2 GB more for CIFAR-10), or streamed, beside the training step; the same "
                         "batches either way (default auto: precomputed on the CPU alone, streamed on GPUs and "
                         "where --augment kaggle, --cutout or --mixup is used)")
+    p.add_argument("--channel-padding", choices=CHANNEL_PADDING, default="auto",
+                   help="compute convolutions whose channels the CPU's vectors do not divide (LeNet's 6) with "
+                        "zero channels added: the same outputs, a faster step on CPUs (default auto: on where the "
+                        "step runs on CPUs, off on GPUs; see padded.py)")
     p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
     p.add_argument("--run-dir", help="run folder (default runs/MODEL-seedSEED); rerun to resume")
     return p
@@ -707,6 +738,7 @@ def main(argv=None):
         execution = dict(data_dir=args.data_dir, devices=args.devices, jit=args.jit,
                          deterministic=args.deterministic, keras_batch_norm=args.keras_batch_norm,
                          steps_per_execution=args.steps_per_execution, batches=args.batches,
+                         channel_padding=args.channel_padding,
                          command=["train.py", *(sys.argv[1:] if argv is None else argv)])
         if args.seeds:
             if args.seed is not None:

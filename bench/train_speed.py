@@ -7,11 +7,12 @@ alone, beside them elsewhere), and times the steps after a warm-up with a per-ba
 ../shared/bench/torch_reference.py times its own. Prints one JSON line.
 
     python bench/train_speed.py --model resnet20 --batch 128 --steps 100 [--devices 2] [--jit]
-        [--mixed-precision] [--keras-batch-norm] [--steps-per-execution N]
+        [--mixed-precision] [--keras-batch-norm] [--steps-per-execution N] [--channel-padding off]
 
 --devices, --jit and --mixed-precision mean what they mean for train.py (see distribute.py);
 --keras-batch-norm measures Keras' own batch-norm ops in place of the fused kernel (fused.py);
---steps-per-execution runs N steps per call into TensorFlow (default: train.py's). The clock
+--steps-per-execution runs N steps per call into TensorFlow (default: train.py's);
+--channel-padding on/off pads convolutions' channels or not (padded.py; default: train.py's). The clock
 ticks once per call, so --warmup and --steps are rounded up to whole calls.
 
 `KERAS_BACKEND=jax python bench/train_speed.py ...` measures the same model, optimizer and step on
@@ -48,7 +49,7 @@ class StepClock(keras.callbacks.Callback):
 
 
 def prepare(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, mixed_precision=False,
-            keras_batch_norm=False, steps_per_execution=None, batches="auto"):
+            keras_batch_norm=False, steps_per_execution=None, batches="auto", channel_padding="auto"):
     """The model as train.py builds it and a pipeline of warmup + steps batches; and the settings as a dict.
 
     --warmup and --steps are rounded up to whole executions of `steps_per_execution` steps.
@@ -68,18 +69,20 @@ def prepare(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
         distribute.check_jit(placement)
     policy = distribute.mixed_precision_policy() if mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
+    try:
+        batches = train.choose_batches(batches, settings, placement)  # train.py's choices for this placement
+        channel_padding = train.choose_channel_padding(channel_padding, placement) if on_tensorflow else "off"
+    except train.TrainError as e:
+        raise SystemExit(f"error: {e}") from None
     with placement.strategy.scope():
         # On JAX, jit_compile=False would run the step op by op; "auto" is Keras' default there (XLA).
         model = train.build_model(settings, steps_per_epoch=warmup + steps, jit=jit if on_tensorflow else "auto",
-                                  fused_batch_norm=not keras_batch_norm, steps_per_execution=steps_per_execution)
+                                  fused_batch_norm=not keras_batch_norm, steps_per_execution=steps_per_execution,
+                                  pad_channels=channel_padding == "on")
     rng = np.random.default_rng(seed)
     n = (warmup + steps) * batch
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.uint8)
-    try:
-        batches = train.choose_batches(batches, settings, placement)  # train.py's choice for this placement
-    except train.TrainError as e:
-        raise SystemExit(f"error: {e}") from None
     if batches == "precomputed":
         dataset = data.EpochBatches(images, labels, preprocess_mode=settings["preprocess"],
                                     augment="standard").dataset(batch, shuffle=True, seed=seed)
@@ -92,7 +95,8 @@ def prepare(model_name, batch, steps, warmup, seed=0, devices=None, jit=False, m
         "model": model_name, "params": model.count_params(), "batch": batch,
         "replicas": placement.replicas, "jit": bool(model.jit_compile), "precision": policy,
         "batch_norm": "fused" if on_tensorflow and not keras_batch_norm else "keras",
-        "steps_per_execution": steps_per_execution, "batches": batches, "onednn": tfenv.onednn_enabled() if on_tensorflow else None,
+        "steps_per_execution": steps_per_execution, "batches": batches, "channel_padding": channel_padding,
+        "onednn": tfenv.onednn_enabled() if on_tensorflow else None,
         "steps_timed": steps, "warmup_steps": warmup,
     }
     return model, dataset, setup
@@ -132,6 +136,9 @@ def parser(description, steps, what="timed"):
     p.add_argument("--batches", choices=train.BATCHES, default="auto",
                    help="the batches computed before the steps or beside them, as train.py's --batches "
                         "(default: train.py's choice, precomputed on the CPU alone)")
+    p.add_argument("--channel-padding", choices=train.CHANNEL_PADDING, default="auto",
+                   help="convolutions' channels padded to the CPU's vector width, as train.py's --channel-padding "
+                        "(default: train.py's choice, on where the step runs on CPUs)")
     return p
 
 
@@ -142,7 +149,7 @@ def parse(p, argv, min_steps):
         p.error(f"--steps must be >= {min_steps}, and --warmup, --batch and --steps-per-execution >= 1")
     options = dict(devices=a.devices, jit=a.jit, mixed_precision=a.mixed_precision,
                    keras_batch_norm=a.keras_batch_norm, steps_per_execution=a.steps_per_execution,
-                   batches=a.batches)
+                   batches=a.batches, channel_padding=a.channel_padding)
     return a, options
 
 

@@ -1,0 +1,145 @@
+"""Convolutions with a channel count the CPU's vectors do not divide, computed with zero channels added.
+
+oneDNN's convolution and pooling kernels work on 8 float32 channels at a time on an AVX2 CPU.
+LeNet's first convolution has 6 filters, so its output, the pooling after it and the next
+convolution's input (and that convolution's input gradient, its slowest kernel) are 6-channel
+tensors the kernels handle as partly empty vectors. Computed with 2 zero filters more, those
+tensors have 8 channels, and the training step runs about 1.1-1.25x faster on the 2-core AVX2
+machine (BENCHMARKS.md, "Padded channels").
+
+`pad_channels(model)` does this in place, for each chain it can prove exact: a stock `Conv2D`
+whose filters are not a multiple of 8, followed only by pooling layers and then only by stock
+`Conv2D` layers (never by a model output, Flatten, Dense, Add, batch norm, ...). The first
+convolution is computed with zero filters (zero kernel, zero bias) added, so each extra channel
+holds its activation of 0 (finite: 0 for ReLU); pooling keeps it finite; the next convolutions
+are computed with zero input channels added to their kernels, so the extra channels add exactly
+0 to every output, and their gradients get exactly 0 from them. The real channels are computed
+as before. The variables, their gradients and the saved file are unchanged: the padding is made
+from the variables inside each step (`concatenate` with zeros, whose gradient is a slice) and the
+layers stay stock Keras layers (`keras.saving.load_model` needs nothing, and runs them unpadded).
+Forward outputs and the kernels' gradients come out bit for bit as without padding; the biases'
+gradients, sums over 8 channels' worth of tensor instead of 6, can differ in the last bit
+(tests/test_padded.py).
+
+On other backends, and for layers it cannot prove exact (grouped or channels-first
+convolutions, shared layers, LoRA or quantized layers), the model runs as before.
+"""
+
+import math
+import types
+
+import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
+import keras
+from keras import ops
+
+# Layers that pool each channel on its own, passing extra channels through as finite values.
+POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+MULTIPLE = 8  # float32 lanes of an AVX2 register; AVX-512 kernels block channels by 16 but take 8 too
+
+
+def pad_channels(model, multiple=MULTIPLE):
+    """Pads the channels between the convolutions of `model` that allow it (see the module's
+    docstring), in place; returns how many convolutions now compute padded outputs."""
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    candidates = [layer for layer in model.layers
+                  if _plain_conv(layer) and layer.filters % multiple and _finite_at_zero(layer.activation)]
+    if not candidates:
+        return 0
+    graph = _Graph(model)
+    pad_out, pad_in = {}, {}
+    for layer in candidates:
+        ends = graph.convolutions_after(layer)
+        if ends is None:
+            continue
+        extra = -layer.filters % multiple
+        pad_out[id(layer)] = extra
+        for end in ends:
+            pad_in[id(end)] = extra
+    for layer in graph.layers:
+        extra_out, extra_in = pad_out.get(id(layer), 0), pad_in.get(id(layer), 0)
+        if extra_out or extra_in:
+            layer._padded_channels = (extra_in, extra_out)
+            layer.call = types.MethodType(_padded_call, layer)
+            if extra_in:
+                layer.input_spec = keras.InputSpec(min_ndim=4, axes={-1: layer.kernel.shape[2] + extra_in})
+    return len(pad_out)
+
+
+class _Graph:
+    """Who consumes each layer's output in a functional model, from Keras' public API: the model's
+    config (how many times each layer is called in it) and each layer's `input` and `output`."""
+
+    def __init__(self, model):
+        self.layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        self.consumers, self.single = {}, set()
+        self.outputs = {id(t) for t in model.outputs}
+        calls = {c.get("name", c.get("config", {}).get("name")): len(c.get("inbound_nodes", [None]))
+                 for c in model.get_config().get("layers", [])}
+        for layer in self.layers:
+            if calls.get(layer.name) != 1:  # shared: `input` and `output` tell its first call only
+                continue
+            try:
+                inputs = layer.input
+                layer.output
+            except (AttributeError, ValueError):
+                continue
+            self.single.add(id(layer))
+            for t in keras.tree.flatten(inputs):
+                self.consumers.setdefault(id(t), []).append((layer, t is inputs))
+
+    def convolutions_after(self, layer):
+        """The convolutions every path from `layer`'s output reaches through pooling alone;
+        None where a path meets anything else (or the model's output, or a shared layer)."""
+        if id(layer) not in self.single:
+            return None
+        ends, frontier = [], [layer.output]
+        while frontier:
+            t = frontier.pop()
+            if id(t) in self.outputs or id(t) not in self.consumers:
+                return None
+            for consumer, sole_input in self.consumers[id(t)]:
+                if not sole_input or id(consumer) not in self.single:
+                    return None
+                if type(consumer) in POOLING and consumer.data_format == "channels_last":
+                    frontier.append(consumer.output)
+                elif _plain_conv(consumer):
+                    ends.append(consumer)
+                else:
+                    return None
+        return ends
+
+
+def _plain_conv(layer):
+    return (type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last" and layer.groups == 1
+            and not getattr(layer, "lora_enabled", False) and getattr(layer, "quantization_mode", None) is None)
+
+
+def _finite_at_zero(activation):
+    """Whether the extra channels' value, activation(0), is finite (0 * inf would not be 0)."""
+    if activation is None:
+        return True
+    try:
+        return math.isfinite(float(ops.convert_to_numpy(activation(ops.zeros([1])))[0]))
+    except Exception:  # an activation that cannot run on its own: leave the layer as it is
+        return False
+
+
+def _padded_call(self, inputs):
+    """Conv2D.call with `extra_in` zero input channels and `extra_out` zero filters added."""
+    extra_in, extra_out = self._padded_channels
+    kernel = ops.convert_to_tensor(self.kernel)  # read as the layer computes (cast under mixed precision)
+    kh, kw, cin, cout = kernel.shape
+    if extra_in:
+        kernel = ops.concatenate([kernel, ops.zeros((kh, kw, extra_in, cout), kernel.dtype)], axis=2)
+    if extra_out:
+        # Not ops.pad: TensorFlow's oneDNN graph pass aborts the process on a Pad feeding a
+        # fused convolution's filter (it takes it for a padded input).
+        kernel = ops.concatenate([kernel, ops.zeros((kh, kw, cin + extra_in, extra_out), kernel.dtype)], axis=3)
+    outputs = self.convolution_op(inputs, kernel)
+    if self.use_bias:
+        bias = ops.convert_to_tensor(self.bias)
+        if extra_out:
+            bias = ops.concatenate([bias, ops.zeros((extra_out,), bias.dtype)], axis=0)
+        outputs = ops.add(outputs, ops.reshape(bias, (1, 1, 1, -1)))
+    return self.activation(outputs) if self.activation is not None else outputs

@@ -1,0 +1,153 @@
+"""Padded channels compute what the stock layers compute, only where that can be proven, and save as they."""
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+import padded
+import train
+
+rng = np.random.default_rng(0)
+
+
+def twins(build):
+    """The same model twice with equal weights; the second one padded. Returns (stock, padded, count)."""
+    stock, fast = build(), build()
+    fast.set_weights(stock.get_weights())
+    return stock, fast, padded.pad_channels(fast)
+
+
+def step(model, x, traced=False):
+    """Training-mode outputs and the gradients of a loss weighting the outputs unevenly."""
+    def run(x):
+        with tf.GradientTape() as tape:
+            y = model(x, training=True)
+            loss = tf.reduce_sum(y * tf.sin(tf.range(y.shape[-1], dtype=y.dtype)))
+        return y, tape.gradient(loss, model.trainable_variables)
+    y, grads = (tf.function(run) if traced else run)(tf.constant(x))
+    return y.numpy(), {v.path: g.numpy() for v, g in zip(model.trainable_variables, grads)}
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_lenet_pads_its_six_channels_and_computes_the_same(traced):
+    stock, fast, count = twins(lambda: models.create_model("lenet", num_classes=10))
+    assert count == 1
+    assert {l.name: l._padded_channels for l in fast.layers if hasattr(l, "_padded_channels")} == \
+        {"conv1": (0, 2), "conv2": (2, 0)}
+    x = rng.normal(size=(16, 32, 32, 3)).astype("float32")
+    (y_stock, g_stock), (y_fast, g_fast) = step(stock, x, traced), step(fast, x, traced)
+    np.testing.assert_array_equal(y_stock, y_fast)
+    for path, g in g_stock.items():
+        if path.endswith("bias"):  # sums over 8 channels' tensors instead of 6: the last bit may differ
+            np.testing.assert_allclose(g_fast[path], g, rtol=1e-5, atol=1e-6 * np.abs(g).max())
+        else:
+            np.testing.assert_array_equal(g_fast[path], g)
+    assert fast.count_params() == stock.count_params() == 62006  # the same variables
+
+
+def chain(filters=6, activation="relu", after=("pool", "conv"), strides=1, padding="valid"):
+    """Input -> Conv2D(filters) -> the layers named in `after`, in order, each on the previous one's
+    output; "flatten" ends in a Dense; "branch" = two convolutions of the same tensor, added."""
+    def build():
+        inputs = keras.Input((12, 12, 3))
+        x = keras.layers.Conv2D(filters, 3, strides=strides, padding=padding, activation=activation, name="first")(inputs)
+        for i, what in enumerate(after):
+            if what == "pool":
+                x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
+            elif what == "conv":
+                x = keras.layers.Conv2D(4, 2, activation="relu", name=f"conv{i}")(x)
+            elif what == "flatten":
+                x = keras.layers.Dense(3, name=f"dense{i}")(keras.layers.Flatten(name=f"flatten{i}")(x))
+            elif what == "branch":
+                a = keras.layers.Conv2D(5, 1, name=f"left{i}")(x)
+                b = keras.layers.Conv2D(5, 1, name=f"right{i}")(x)
+                x = keras.layers.Add(name=f"add{i}")([a, b])
+            elif what == "grouped":
+                x = keras.layers.Conv2D(filters, 1, groups=filters // 2 if filters % 2 == 0 else 1, name=f"grouped{i}")(x)
+            elif what == "avgpool":
+                x = keras.layers.AveragePooling2D(2, name=f"avg{i}")(x)
+            elif what == "batchnorm":
+                x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        return keras.Model(inputs, x)
+    return build
+
+
+@pytest.mark.parametrize("build, expected", [
+    (chain(), 1),
+    (chain(filters=5, activation="tanh", after=("pool", "pool", "branch"), strides=2, padding="same"), 1),
+    (chain(filters=8), 0),                                    # already a multiple of 8
+    (chain(activation="sigmoid", after=("avgpool", "conv")), 1),  # extra channels 0.5, times zero kernels
+    (chain(after=("pool",)), 0),                              # a padded tensor would be the model's output
+    (chain(after=("pool", "flatten")), 0),                    # Flatten would mix the extra channels in
+    (chain(after=("batchnorm", "conv")), 0),                  # only pooling is passed through
+    (chain(after=("grouped",)), 0),                           # a grouped convolution splits channels in groups
+])
+def test_pads_only_chains_it_can_prove_exact(build, expected):
+    stock, fast, count = twins(build)
+    assert count == expected
+    if not expected:
+        assert not any("call" in vars(layer) for layer in fast.layers)
+    x = rng.normal(size=(4, 12, 12, 3)).astype("float32")
+    (y_stock, g_stock), (y_fast, g_fast) = step(stock, x), step(fast, x)
+    np.testing.assert_allclose(y_fast, y_stock, rtol=1e-6, atol=1e-6)
+    for path, g in g_stock.items():
+        np.testing.assert_allclose(g_fast[path], g, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(g).max()))
+
+
+def test_a_shared_layer_is_left_alone():
+    inputs = keras.Input((12, 12, 3))
+    conv = keras.layers.Conv2D(6, 3, activation="relu")
+    pool = keras.layers.MaxPooling2D(2)
+    after = keras.layers.Conv2D(4, 2)
+    x = after(pool(conv(inputs)))
+    y = after(pool(conv(keras.layers.Conv2D(3, 1)(inputs))))  # conv, pool and after called twice
+    model = keras.Model(inputs, keras.layers.Add()([x, y]))
+    assert padded.pad_channels(model) == 0
+
+
+def test_padded_model_saves_as_stock_and_reloads_unpadded(tmp_path):
+    stock, fast, _ = twins(lambda: models.create_model("lenet", num_classes=10))
+    for model, name in ((stock, "stock.keras"), (fast, "padded.keras")):
+        model.save(tmp_path / name)
+    configs = []
+    for name in ("stock.keras", "padded.keras"):
+        with zipfile.ZipFile(tmp_path / name) as z:
+            configs.append(json.loads(z.read("config.json")))
+    assert configs[0] == configs[1]
+    loaded = keras.saving.load_model(tmp_path / "padded.keras")
+    assert not any("call" in vars(layer) for layer in loaded.layers)
+    x = rng.normal(size=(8, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), fast.predict(x, verbose=0))
+
+
+def test_train_pads_on_cpus_by_default_and_not_on_gpus():
+    cpu = train.distribute.Placement(None, "default", ["/cpu:0"], 1, True, 0, 1)
+    cpus = train.distribute.Placement(None, "mirrored", ["/device:CPU:0", "/device:CPU:1"], 2, True, 0, 1)
+    gpu = train.distribute.Placement(None, "one_device", ["/gpu:0"], 1, True, 0, 1)
+    assert [train.choose_channel_padding("auto", p) for p in (cpu, cpus, gpu)] == ["on", "on", "off"]
+    assert train.choose_channel_padding("on", gpu) == "on" and train.choose_channel_padding("off", cpu) == "off"
+    with pytest.raises(train.TrainError, match="--channel-padding must be one of auto, on, off, not 'yes'"):
+        train.choose_channel_padding("yes", cpu)
+
+
+def test_train_pads_new_resumed_and_evaluated_models_as_recorded(tiny_cifar, tmp_path, monkeypatch):
+    root, _ = tiny_cifar
+    calls = []
+    original = padded.pad_channels
+    monkeypatch.setattr(padded, "pad_channels", lambda model: calls.append(model.name) or original(model))
+    common = ["--model", "lenet", "--data-dir", str(root), "--val-split", "40", "--batch-size", "32", "--epochs", "1"]
+    for flag, expected in (("auto", 2 + 2), ("off", 0)):
+        calls.clear()
+        run = tmp_path / flag
+        assert train.main([*common, "--run-dir", str(run), "--channel-padding", flag]) == 0
+        (run / "metrics.json").unlink()  # as if killed after the last checkpoint, before the test
+        assert train.main([*common, "--run-dir", str(run), "--channel-padding", flag]) == 0  # resumes
+        # built, evaluated; then loaded to resume, evaluated
+        assert calls == ["lenet"] * expected
+        execution = json.loads((run / "metrics.json").read_text())["execution"]
+        assert execution["channel_padding"] == ("on" if flag == "auto" else "off")
