@@ -34,7 +34,7 @@ from keras import ops
 
 # Layers that pool each channel on its own, passing extra channels through as finite values.
 POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-MULTIPLE = 8  # float32 lanes of an AVX2 register; AVX-512 kernels block channels by 16 but take 8 too
+MULTIPLE = 8  # float32 lanes of an AVX2 register (the machine measured; AVX-512 CPUs are not measured)
 
 
 def pad_channels(model, multiple=MULTIPLE):

@@ -102,12 +102,17 @@ def _finish_workers(procs, timeout):
     return [out for out, _ in outputs]
 
 
+EPOCHS_TO_KILL = 8
+
+
 @pytest.mark.slow
 def test_two_workers_resume_after_both_are_killed(tiny_cifar, tmp_path):
     root, _ = tiny_cifar
     run, scratch = tmp_path / "run", tmp_path / "scratch"
     scratch.mkdir()
-    procs = _start_workers(root, run, scratch, epochs=30)
+    # Long enough to be killed mid-run (an epoch of the tiny set takes about a second), short enough
+    # to finish quickly once resumed.
+    procs = _start_workers(root, run, scratch, epochs=EPOCHS_TO_KILL)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -124,12 +129,12 @@ def test_two_workers_resume_after_both_are_killed(tiny_cifar, tmp_path):
         for p in procs:
             p.kill()
     killed_at = json.loads((run / "state.json").read_text())["epochs_completed"]
-    assert 2 <= killed_at < 30 and not (run / "metrics.json").exists()
+    assert 2 <= killed_at < EPOCHS_TO_KILL and not (run / "metrics.json").exists()
 
-    for out in _finish_workers(_start_workers(root, run, scratch, epochs=30), timeout=400):
-        assert f"after epoch {killed_at}/30" in out
+    for out in _finish_workers(_start_workers(root, run, scratch, epochs=EPOCHS_TO_KILL), timeout=400):
+        assert f"after epoch {killed_at}/{EPOCHS_TO_KILL}" in out
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["epochs_completed"] == 30 and metrics["execution"]["workers"] == 2
+    assert metrics["epochs_completed"] == EPOCHS_TO_KILL and metrics["execution"]["workers"] == 2
 
 
 @pytest.mark.slow
