@@ -151,3 +151,17 @@ def test_train_pads_new_resumed_and_evaluated_models_as_recorded(tiny_cifar, tmp
         assert calls == ["lenet"] * expected
         execution = json.loads((run / "metrics.json").read_text())["execution"]
         assert execution["channel_padding"] == ("on" if flag == "auto" else "off")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_padding_follows_the_layers_compute_dtype(policy):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        stock, fast, count = twins(lambda: models.create_model("lenet", num_classes=10))
+        x = rng.normal(size=(4, 32, 32, 3)).astype("float32")
+        y_stock, y_fast = stock(x, training=True), fast(x, training=True)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert count == 1 and y_fast.dtype == y_stock.dtype == policy.split("_")[1]
+    np.testing.assert_array_equal(np.asarray(tf.cast(y_fast, "float32")), np.asarray(tf.cast(y_stock, "float32")))
