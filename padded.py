@@ -4,8 +4,8 @@ oneDNN's convolution and pooling kernels work on 8 float32 channels at a time on
 LeNet's first convolution has 6 filters, so its output, the pooling after it and the next
 convolution's input (and that convolution's input gradient, its slowest kernel) are 6-channel
 tensors the kernels handle as partly empty vectors. Computed with 2 zero filters more, those
-tensors have 8 channels, and the training step runs about 1.1-1.25x faster on the 2-core AVX2
-machine (BENCHMARKS.md, "Padded channels").
+tensors have 8 channels: on the 2-core AVX2 machine LeNet's training step runs 1.10x faster
+and its epoch on the real data takes 0.7-0.9 s less (BENCHMARKS.md, "Padded channels").
 
 `pad_channels(model)` does this in place, for each chain it can prove exact: a stock `Conv2D`
 whose filters are not a multiple of 8, followed only by pooling layers and then only by stock

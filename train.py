@@ -475,7 +475,7 @@ def choose_batches(batches, settings, placement):
 
 def choose_channel_padding(channel_padding, placement):
     """"on" or "off": whether padded.pad_channels runs on the model. "auto" pads where the step runs
-    on CPUs, where it was measured faster (LeNet's step 1.1-1.25x on the 2-core AVX2 machine:
+    on CPUs, where it was measured faster (LeNet's step 1.10x on the 2-core AVX2 machine:
     BENCHMARKS.md, "Padded channels"); GPUs' libraries choose their own layouts, and it is not
     measured there. Only LeNet has convolutions it pads (6 filters); other models run as before."""
     if channel_padding not in CHANNEL_PADDING:
