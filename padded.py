@@ -8,18 +8,20 @@ tensors have 8 channels: on the 2-core AVX2 machine LeNet's training step runs 1
 and its epoch on the real data takes 0.7-0.9 s less (BENCHMARKS.md, "Padded channels").
 
 `pad_channels(model)` does this in place, for each chain it can prove exact: a stock `Conv2D`
-whose filters are not a multiple of 8, followed only by pooling layers and then only by stock
-`Conv2D` layers (never by a model output, Flatten, Dense, Add, batch norm, ...). The first
-convolution is computed with zero filters (zero kernel, zero bias) added, so each extra channel
-holds its activation of 0 (finite: 0 for ReLU); pooling keeps it finite; the next convolutions
-are computed with zero input channels added to their kernels, so the extra channels add exactly
-0 to every output, and their gradients get exactly 0 from them. The real channels are computed
-as before. The variables, their gradients and the saved file are unchanged: the padding is made
-from the variables inside each step (`concatenate` with zeros, whose gradient is a slice) and the
-layers stay stock Keras layers (`keras.saving.load_model` needs nothing, and runs them unpadded).
-Forward outputs and the kernels' gradients come out bit for bit as without padding; the biases'
-gradients, sums over 8 channels' worth of tensor instead of 6, can differ in the last bit
-(tests/test_padded.py).
+whose filters are not a multiple of 8 and whose activation acts on each value alone (not softmax,
+which would count the extra channels in), followed only by pooling layers and element-wise
+activation layers and then only by stock `Conv2D` layers (never by a model output, Flatten,
+Dense, Add, batch norm, a channel-mixing activation, ...). The first convolution is computed with
+zero filters (zero kernel, zero bias) added, so each extra channel holds its activation of 0 (0
+for ReLU); pooling keeps that value and activation layers map it, and it must stay finite; the
+next convolutions are computed with zero input channels added to their kernels, so the extra
+channels add exactly 0 to every output, and their gradients get exactly 0 from them. The real
+channels are computed as before. The variables, their gradients and the saved file are unchanged:
+the padding is made from the variables inside each step (`concatenate` with zeros, whose gradient
+is a slice) and the layers stay stock Keras layers (`keras.saving.load_model` needs nothing, and
+runs them unpadded). Forward outputs and the kernels' gradients come out bit for bit as without
+padding; the biases' gradients, sums over 8 channels' worth of tensor instead of 6, can differ in
+the last bit (tests/test_padded.py).
 
 On other backends, and for layers it cannot prove exact (grouped or channels-first
 convolutions, shared layers, LoRA or quantized layers), the model runs as before.
@@ -34,6 +36,13 @@ from keras import ops
 
 # Layers that pool each channel on its own, passing extra channels through as finite values.
 POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+# Activation layers, passed through where their activation is element-wise (`_elementwise`).
+ACTIVATION_LAYERS = (keras.layers.ReLU, keras.layers.Activation, keras.layers.LeakyReLU, keras.layers.ELU)
+# Keras' activations that act on each value alone.
+ELEMENTWISE = ("celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu", "hard_swish",
+               "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "mish", "relu", "relu6", "selu", "sigmoid",
+               "silu", "soft_shrink", "softplus", "softsign", "sparse_plus", "sparse_sigmoid", "squareplus",
+               "swish", "tanh", "tanh_shrink", "threshold")
 MULTIPLE = 8  # float32 lanes of an AVX2 register (the machine measured; AVX-512 CPUs are not measured)
 
 
@@ -42,17 +51,17 @@ def pad_channels(model, multiple=MULTIPLE):
     docstring), in place; returns how many convolutions now compute padded outputs."""
     if keras.backend.backend() != "tensorflow":
         return 0
-    candidates = [layer for layer in model.layers
-                  if _plain_conv(layer) and layer.filters % multiple and _finite_at_zero(layer.activation)]
+    candidates = [(layer, -layer.filters % multiple, _value(layer.activation, 0.0)) for layer in model.layers
+                  if _plain_conv(layer) and layer.filters % multiple and _elementwise(layer.activation)]
+    candidates = [(layer, extra, value) for layer, extra, value in candidates if value is not None]
     if not candidates:
         return 0
     graph = _Graph(model)
     pad_out, pad_in = {}, {}
-    for layer in candidates:
-        ends = graph.convolutions_after(layer)
+    for layer, extra, value in candidates:
+        ends = graph.convolutions_after(layer, value)
         if ends is None:
             continue
-        extra = -layer.filters % multiple
         pad_out[id(layer)] = extra
         for end in ends:
             pad_in[id(end)] = extra
@@ -88,21 +97,28 @@ class _Graph:
             for t in keras.tree.flatten(inputs):
                 self.consumers.setdefault(id(t), []).append((layer, t is inputs))
 
-    def convolutions_after(self, layer):
-        """The convolutions every path from `layer`'s output reaches through pooling alone;
-        None where a path meets anything else (or the model's output, or a shared layer)."""
+    def convolutions_after(self, layer, value):
+        """The convolutions every path from `layer`'s output reaches through pooling and
+        element-wise activation layers alone, where the extra channels, holding `value` as they
+        leave `layer`, stay finite; None where a path meets anything else (or the model's
+        output, or a shared layer)."""
         if id(layer) not in self.single:
             return None
-        ends, frontier = [], [layer.output]
+        ends, frontier = [], [(layer.output, value)]
         while frontier:
-            t = frontier.pop()
+            t, value = frontier.pop()
             if id(t) in self.outputs or id(t) not in self.consumers:
                 return None
             for consumer, sole_input in self.consumers[id(t)]:
                 if not sole_input or id(consumer) not in self.single:
                     return None
                 if type(consumer) in POOLING and consumer.data_format == "channels_last":
-                    frontier.append(consumer.output)
+                    frontier.append((consumer.output, value))  # pools of a constant channel: the constant
+                elif type(consumer) in ACTIVATION_LAYERS and _elementwise(getattr(consumer, "activation", None)):
+                    after = _value(consumer.call, value)
+                    if after is None:
+                        return None
+                    frontier.append((consumer.output, after))
                 elif _plain_conv(consumer):
                     ends.append(consumer)
                 else:
@@ -115,14 +131,23 @@ def _plain_conv(layer):
             and not getattr(layer, "lora_enabled", False) and getattr(layer, "quantization_mode", None) is None)
 
 
-def _finite_at_zero(activation):
-    """Whether the extra channels' value, activation(0), is finite (0 * inf would not be 0)."""
-    if activation is None:
-        return True
+def _elementwise(activation):
+    """Whether `activation` (a function of Keras' activations, or None) acts on each value alone:
+    softmax, log_softmax, sparsemax and glu mix the channels; functions Keras does not name are
+    not known."""
+    return activation is None or any(activation is getattr(keras.activations, name, None) for name in ELEMENTWISE)
+
+
+def _value(function, value):
+    """function(value) for one float32 value; None where it is not finite (0 * inf would not be 0)
+    or the function cannot run on its own."""
+    if function is None:
+        return value
     try:
-        return math.isfinite(float(ops.convert_to_numpy(activation(ops.zeros([1])))[0]))
-    except Exception:  # an activation that cannot run on its own: leave the layer as it is
-        return False
+        out = float(ops.convert_to_numpy(function(ops.full((1, 1, 1, 1), value, dtype="float32"))).ravel()[0])
+    except Exception:
+        return None
+    return out if math.isfinite(out) else None
 
 
 def _padded_call(self, inputs):

@@ -50,9 +50,14 @@ def test_lenet_pads_its_six_channels_and_computes_the_same(traced):
     assert fast.count_params() == stock.count_params() == 62006  # the same variables
 
 
+def doubled(t):
+    return t * 2.0
+
+
 def chain(filters=6, activation="relu", after=("pool", "conv"), strides=1, padding="valid"):
     """Input -> Conv2D(filters) -> the layers named in `after`, in order, each on the previous one's
-    output; "flatten" ends in a Dense; "branch" = two convolutions of the same tensor, added."""
+    output; "flatten" ends in a Dense; "branch" = two convolutions of the same tensor, added;
+    "relu", "sigmoid", "softmax" and "doubled" (a function Keras does not name) are activation layers."""
     def build():
         inputs = keras.Input((12, 12, 3))
         x = keras.layers.Conv2D(filters, 3, strides=strides, padding=padding, activation=activation, name="first")(inputs)
@@ -73,6 +78,14 @@ def chain(filters=6, activation="relu", after=("pool", "conv"), strides=1, paddi
                 x = keras.layers.AveragePooling2D(2, name=f"avg{i}")(x)
             elif what == "batchnorm":
                 x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+            elif what == "relu":
+                x = keras.layers.ReLU(name=f"relu{i}")(x)
+            elif what in ("sigmoid", "softmax"):
+                x = keras.layers.Activation(what, name=f"{what}{i}")(x)
+            elif what == "doubled":
+                x = keras.layers.Activation(doubled, name=f"doubled{i}")(x)
+            else:
+                raise ValueError(what)
         return keras.Model(inputs, x)
     return build
 
@@ -84,8 +97,13 @@ def chain(filters=6, activation="relu", after=("pool", "conv"), strides=1, paddi
     (chain(activation="sigmoid", after=("avgpool", "conv")), 1),  # extra channels 0.5, times zero kernels
     (chain(after=("pool",)), 0),                              # a padded tensor would be the model's output
     (chain(after=("pool", "flatten")), 0),                    # Flatten would mix the extra channels in
-    (chain(after=("batchnorm", "conv")), 0),                  # only pooling is passed through
+    (chain(after=("batchnorm", "conv")), 0),                  # only pooling and activations are passed through
     (chain(after=("grouped",)), 0),                           # a grouped convolution splits channels in groups
+    (chain(after=("relu", "pool", "conv")), 1),               # ReLU keeps the extra channels 0
+    (chain(activation="linear", after=("sigmoid", "conv")), 1),  # 0.5 there, times zero kernels
+    (chain(activation="softmax"), 0),                         # softmax would count the extra channels in
+    (chain(after=("pool", "softmax", "conv")), 0),
+    (chain(after=("doubled", "conv")), 0),                    # an activation Keras does not name: not known
 ])
 def test_pads_only_chains_it_can_prove_exact(build, expected):
     stock, fast, count = twins(build)
