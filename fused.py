@@ -15,6 +15,11 @@ precision, as Keras does), and the saved file is unchanged: the layers stay stoc
 runs there with Keras' own implementation. tests/test_fused.py checks outputs, moving statistics
 and gradients against Keras' implementation.
 
+padded.py may ask a layer for its output with zero channels appended (DenseNet's batch norms over
+channel counts not a multiple of 8, which oneDNN's AVX2 kernel does not take): `_fused_call`
+computes it over zero input channels with zero scale and offset there, the statistics of the real
+channels unchanged.
+
 On other backends, and for layers the kernel does not cover (not over the last axis of a 4-D
 input, synchronized, renorm, masked), Keras' implementation runs as before.
 """
@@ -44,28 +49,49 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
+def is_fused(layer):
+    """Whether `layer` runs through the fused kernel (use_fused_batch_norm switched it)."""
+    call = vars(layer).get("call")
+    return getattr(call, "__func__", None) is _fused_call
+
+
 def _fused_call(self, inputs, training=None, mask=None):
     import tensorflow as tf
 
+    # padded.py may ask for zero channels appended to the output (scale and offset 0 there, so
+    # they are 0 in training and inference alike); the real channels are computed as without.
+    extra = getattr(self, "_padded_channels", (0, 0))[1]
     rank = len(inputs.shape)
     if mask is not None or rank != 4 or self.axis not in (-1, rank - 1):
-        return keras.layers.BatchNormalization.call(self, inputs, training=training, mask=mask)
+        y = keras.layers.BatchNormalization.call(self, inputs, training=training, mask=mask)
+        return _zero_channels(tf, y, extra) if extra else y
     x = tf.cast(inputs, "float32")  # statistics in float32 under mixed precision, as Keras does
     channels = x.shape[-1]
     gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
     beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
+    if extra:
+        x = _zero_channels(tf, x, extra)
+        gamma, beta = tf.concat([gamma, tf.zeros([extra])], 0), tf.concat([beta, tf.zeros([extra])], 0)
     if training and self.trainable:
         y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
             epsilon=self.epsilon, data_format="NHWC", is_training=True)
+        mean, variance = mean[:channels], variance[:channels]
         # The kernel returns the Bessel-corrected variance; Keras' moving variance uses the biased one.
         n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
         variance = variance * ((n - 1.0) / n)
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
     else:
+        mean, variance = tf.cast(self.moving_mean, "float32"), tf.cast(self.moving_variance, "float32")
+        if extra:
+            mean, variance = tf.concat([mean, tf.zeros([extra])], 0), tf.concat([variance, tf.ones([extra])], 0)
         y, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=gamma, offset=beta, mean=tf.cast(self.moving_mean, "float32"),
-            variance=tf.cast(self.moving_variance, "float32"), epsilon=self.epsilon, data_format="NHWC",
-            is_training=False)
+            x=x, scale=gamma, offset=beta, mean=mean, variance=variance, epsilon=self.epsilon,
+            data_format="NHWC", is_training=False)
     return tf.cast(y, self.compute_dtype)
+
+
+def _zero_channels(tf, x, extra):
+    """`x` with `extra` zero channels appended (the gradient of concat is a slice)."""
+    return tf.concat([x, tf.zeros(tf.concat([tf.shape(x)[:-1], [extra]], 0), x.dtype)], -1)

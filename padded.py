@@ -1,30 +1,40 @@
-"""Convolutions with a channel count the CPU's vectors do not divide, computed with zero channels added.
+"""Layers with a channel count the CPU's vectors do not divide, computed with zero channels added.
 
-oneDNN's convolution and pooling kernels work on 8 float32 channels at a time on an AVX2 CPU.
-LeNet's first convolution has 6 filters, so its output, the pooling after it and the next
-convolution's input (and that convolution's input gradient, its slowest kernel) are 6-channel
+oneDNN's convolution, pooling and batch-norm kernels work on 8 float32 channels at a time on an
+AVX2 CPU. LeNet's first convolution has 6 filters, so its output, the pooling after it and the
+next convolution's input (and that convolution's input gradient, its slowest kernel) are 6-channel
 tensors the kernels handle as partly empty vectors. Computed with 2 zero filters more, those
 tensors have 8 channels: on the 2-core AVX2 machine LeNet's training step runs 1.10x faster
 and its epoch on the real data takes 0.7-0.9 s less (BENCHMARKS.md, "Padded channels").
+DenseNet-BC-100-12's concatenations grow by 12 channels, so half of its batch norms (36, 60, ...,
+204; 150, 162, ... channels) run on oneDNN's generic batch-norm kernel, about half as fast as its
+AVX2 one; computed over 2-6 zero channels more, they run on the AVX2 one (BENCHMARKS.md, "Padded
+batch norms").
 
-`pad_channels(model)` does this in place, for each chain it can prove exact: a stock `Conv2D`
-whose filters are not a multiple of 8 and whose activation acts on each value alone (not softmax,
-which would count the extra channels in), followed only by pooling layers and element-wise
-activation layers and then only by stock `Conv2D` layers (never by a model output, Flatten,
-Dense, Add, batch norm, a channel-mixing activation, ...). The first convolution is computed with
-zero filters (zero kernel, zero bias) added, so each extra channel holds its activation of 0 (0
-for ReLU); pooling keeps that value and activation layers map it, and it must stay finite; the
-next convolutions are computed with zero input channels added to their kernels, so the extra
-channels add exactly 0 to every output, and their gradients get exactly 0 from them. The real
-channels are computed as before. The variables, their gradients and the saved file are unchanged:
-the padding is made from the variables inside each step (`concatenate` with zeros, whose gradient
-is a slice) and the layers stay stock Keras layers (`keras.saving.load_model` needs nothing, and
-runs them unpadded). Forward outputs and the kernels' gradients come out bit for bit as without
-padding; the biases' gradients, sums over 8 channels' worth of tensor instead of 6, can differ in
-the last bit (tests/test_padded.py).
+`pad_channels(model)` does this in place, for each chain it can prove exact. A chain starts at
+- a stock `Conv2D` whose filters are not a multiple of 8 and whose activation acts on each value
+  alone (not softmax, which would count the extra channels in), computed with zero filters (zero
+  kernel, zero bias) added, so each extra channel holds its activation of 0 (0 for ReLU); or
+- a stock `BatchNormalization` that fused.py computes (over the last axis of a 4-D tensor) over a
+  channel count not a multiple of 8, computed over zero channels appended to its input, with zero
+  scale and offset there, so each extra channel is 0 in training and in inference alike; its
+  statistics (and so its moving statistics) are the real channels', computed as before;
+and goes on only through pooling layers and element-wise activation layers to stock `Conv2D`
+layers, never to a model output, Flatten, Dense, Add, Concatenate, a batch norm, a channel-mixing
+activation, ... Pooling keeps the extra channels' value and activation layers map it, and it
+must stay finite; the convolutions at the end are computed with zero input channels added to their
+kernels, so the extra channels add exactly 0 to every output, and their gradients get exactly 0
+from them. The real channels are computed as before. The variables, their gradients and the saved
+file are unchanged: the padding is made from the variables inside each step (`concatenate` with
+zeros, whose gradient is a slice) and the layers stay stock Keras layers (`keras.saving.load_model`
+needs nothing, and runs them unpadded). LeNet's forward outputs and kernel gradients come out bit
+for bit as without padding; the biases' gradients, sums over 8 channels' worth of tensor instead
+of 6, can differ in the last bit; a padded batch norm runs another oneDNN kernel, which rounds
+differently (tests/test_padded.py compares within float32 rounding).
 
 On other backends, and for layers it cannot prove exact (grouped or channels-first
-convolutions, shared layers, LoRA or quantized layers), the model runs as before.
+convolutions, shared layers, LoRA or quantized layers, batch norms Keras computes), the model
+runs as before.
 """
 
 import math
@@ -33,6 +43,8 @@ import types
 import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
 from keras import ops
+
+import fused
 
 # Layers that pool each channel on its own, passing extra channels through as finite values.
 POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
@@ -47,12 +59,15 @@ MULTIPLE = 8  # float32 lanes of an AVX2 register (the machine measured; AVX-512
 
 
 def pad_channels(model, multiple=MULTIPLE):
-    """Pads the channels between the convolutions of `model` that allow it (see the module's
-    docstring), in place; returns how many convolutions now compute padded outputs."""
+    """Pads the channels from the convolutions and fused batch norms of `model` to the convolutions
+    after them, where that is provably exact (see the module's docstring), in place; returns how
+    many layers (convolutions and batch norms) now compute padded outputs."""
     if keras.backend.backend() != "tensorflow":
         return 0
     candidates = [(layer, -layer.filters % multiple, _value(layer.activation, 0.0)) for layer in model.layers
                   if _plain_conv(layer) and layer.filters % multiple and _elementwise(layer.activation)]
+    candidates += [(layer, -channels % multiple, 0.0) for layer, channels in _fused_batch_norms(model)
+                   if channels % multiple]
     candidates = [(layer, extra, value) for layer, extra, value in candidates if value is not None]
     if not candidates:
         return 0
@@ -69,7 +84,8 @@ def pad_channels(model, multiple=MULTIPLE):
         extra_out, extra_in = pad_out.get(id(layer), 0), pad_in.get(id(layer), 0)
         if extra_out or extra_in:
             layer._padded_channels = (extra_in, extra_out)
-            layer.call = types.MethodType(_padded_call, layer)
+            if _plain_conv(layer):  # a fused batch norm reads _padded_channels in fused.py's call
+                layer.call = types.MethodType(_padded_call, layer)
             if extra_in:
                 layer.input_spec = keras.InputSpec(min_ndim=4, axes={-1: layer.kernel.shape[2] + extra_in})
     return len(pad_out)
@@ -124,6 +140,19 @@ class _Graph:
                 else:
                     return None
         return ends
+
+
+def _fused_batch_norms(model):
+    """(layer, channels) for each batch norm of `model` computed by fused.py's kernel call, over
+    the last axis of a 4-D input."""
+    for layer in model.layers:
+        if type(layer) is keras.layers.BatchNormalization and fused.is_fused(layer):
+            try:
+                rank = len(layer.input.shape)
+            except (AttributeError, ValueError):  # shared: not padded anyway
+                continue
+            if rank == 4 and layer.axis in (-1, 3):
+                yield layer, layer.moving_mean.shape[0]
 
 
 def _plain_conv(layer):

@@ -476,8 +476,9 @@ def choose_batches(batches, settings, placement):
 def choose_channel_padding(channel_padding, placement):
     """"on" or "off": whether padded.pad_channels runs on the model. "auto" pads where the step runs
     on CPUs, where it was measured faster (LeNet's step 1.10x on the 2-core AVX2 machine:
-    BENCHMARKS.md, "Padded channels"); GPUs' libraries choose their own layouts, and it is not
-    measured there. Only LeNet has convolutions it pads (6 filters); other models run as before."""
+    BENCHMARKS.md, "Padded channels"; DenseNet-BC-100-12's: "Padded batch norms"); GPUs' libraries
+    choose their own layouts, and it is not measured there. LeNet's convolutions (6 filters) and the
+    DenseNets' batch norms are padded; the other models have nothing to pad and run as before."""
     if channel_padding not in CHANNEL_PADDING:
         raise TrainError(f"--channel-padding must be one of {', '.join(CHANNEL_PADDING)}, not {channel_padding!r}")
     if channel_padding == "auto":
@@ -708,9 +709,9 @@ def build_parser():
                         "batches either way (default auto: precomputed on the CPU alone, streamed on GPUs and "
                         "where --augment kaggle, --cutout or --mixup is used)")
     p.add_argument("--channel-padding", choices=CHANNEL_PADDING, default="auto",
-                   help="compute convolutions whose channels the CPU's vectors do not divide (LeNet's 6) with "
-                        "zero channels added: the same outputs, a faster step on CPUs (default auto: on where the "
-                        "step runs on CPUs, off on GPUs; see padded.py)")
+                   help="compute convolutions and batch norms whose channels the CPU's vectors do not divide "
+                        "(LeNet's 6, DenseNet's 36, 60, ...) with zero channels added: the same outputs, a faster "
+                        "step on CPUs (default auto: on where the step runs on CPUs, off on GPUs; see padded.py)")
     p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
     p.add_argument("--run-dir", help="run folder (default runs/MODEL-seedSEED); rerun to resume")
     return p

@@ -8,17 +8,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import fused
 import models
 import padded
 import train
+from models.densenet import densenet_bc
 
 rng = np.random.default_rng(0)
 
 
-def twins(build):
-    """The same model twice with equal weights; the second one padded. Returns (stock, padded, count)."""
+def twins(build, fuse=False):
+    """The same model twice with equal weights; the second one padded (both with fused batch norms
+    if `fuse`, as train.py builds them). Returns (stock, padded, count)."""
     stock, fast = build(), build()
     fast.set_weights(stock.get_weights())
+    if fuse:
+        fused.use_fused_batch_norm(stock)
+        fused.use_fused_batch_norm(fast)
     return stock, fast, padded.pad_channels(fast)
 
 
@@ -78,6 +84,8 @@ def chain(filters=6, activation="relu", after=("pool", "conv"), strides=1, paddi
                 x = keras.layers.AveragePooling2D(2, name=f"avg{i}")(x)
             elif what == "batchnorm":
                 x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+            elif what == "wide":  # 8 filters: nothing to pad in its output
+                x = keras.layers.Conv2D(8, 1, name=f"wide{i}")(x)
             elif what == "relu":
                 x = keras.layers.ReLU(name=f"relu{i}")(x)
             elif what in ("sigmoid", "softmax"):
@@ -115,6 +123,83 @@ def test_pads_only_chains_it_can_prove_exact(build, expected):
     np.testing.assert_allclose(y_fast, y_stock, rtol=1e-6, atol=1e-6)
     for path, g in g_stock.items():
         np.testing.assert_allclose(g_fast[path], g, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(g).max()))
+
+
+@pytest.mark.parametrize("build, expected", [
+    (chain(after=("batchnorm", "conv")), 1),                  # 6 channels: from the batch norm to the conv
+    (chain(after=("batchnorm", "relu", "pool", "conv")), 1),
+    (chain(activation="linear", after=("batchnorm", "sigmoid", "conv")), 1),  # 0.5 there, times zero kernels
+    (chain(filters=8, after=("batchnorm", "conv")), 0),       # already a multiple of 8
+    (chain(after=("batchnorm",)), 0),                         # a padded tensor would be the model's output
+    (chain(after=("batchnorm", "relu", "flatten")), 0),
+    (chain(after=("batchnorm", "softmax", "conv")), 0),
+    (chain(filters=8, after=("wide", "batchnorm", "conv")), 0),
+])
+def test_pads_fused_batch_norms_where_it_can_prove_exact(build, expected):
+    stock, fast, count = twins(build, fuse=True)
+    assert count == expected
+    bn = fast.get_layer("bn0") if any(l.name == "bn0" for l in fast.layers) else fast.get_layer("bn1")
+    assert getattr(bn, "_padded_channels", (0, 0))[1] == (-bn.moving_mean.shape[0] % 8 if expected else 0)
+    assert fused.is_fused(bn)  # still the fused kernel call, reading _padded_channels
+    x = rng.normal(size=(4, 12, 12, 3)).astype("float32")
+    (y_stock, g_stock), (y_fast, g_fast) = step(stock, x), step(fast, x)
+    np.testing.assert_allclose(y_fast, y_stock, rtol=1e-6, atol=1e-6)
+    # The first convolution's bias gradient is 0 up to rounding (the batch norm subtracts the mean):
+    # its noise is compared with the gradients' scale, not its own.
+    scale = max(np.abs(g).max() for g in g_stock.values())
+    for path, g in g_stock.items():
+        np.testing.assert_allclose(g_fast[path], g, rtol=1e-5, atol=1e-6 * scale, err_msg=path)
+    for v_stock, v_fast in zip(stock.non_trainable_variables, fast.non_trainable_variables):
+        np.testing.assert_allclose(v_fast.numpy(), v_stock.numpy(), rtol=1e-6, atol=1e-7)  # moving statistics
+    np.testing.assert_allclose(fast(x, training=False), stock(x, training=False), rtol=1e-6, atol=1e-6)
+
+
+def test_a_batch_norm_keras_computes_is_not_padded():
+    stock, fast, count = twins(chain(after=("batchnorm", "conv")))
+    assert count == 0 and not hasattr(fast.get_layer("bn0"), "_padded_channels")
+
+
+def small_densenet(activation=None):
+    """DenseNet-BC-16-12 on 16x16 images: batch norms over 36 channels, each before a convolution;
+    with `activation`, the same network with that activation instead of ReLU."""
+    model = densenet_bc(16, 12, input_shape=(16, 16, 3))
+    if activation is None:
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "ReLU":
+            layer["class_name"], layer["config"] = "Activation", {"name": layer["config"]["name"], "activation": activation}
+            layer["module"] = "keras.layers"
+    return keras.Model.from_config(config)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_densenet_pads_its_batch_norms_and_computes_the_same(traced):
+    # Softplus instead of ReLU: the padded and stock batch norms run different oneDNN kernels, which
+    # round differently; at ReLU's kink that can flip a gradient, at softplus it cannot.
+    keras.utils.set_random_seed(1)
+    stock, fast, count = twins(lambda: small_densenet("softplus"), fuse=True)
+    assert count == 3  # the first layer's batch norm in each block: 24 + 12 = 36 channels
+    assert {l.name: l._padded_channels for l in fast.layers if hasattr(l, "_padded_channels")} == {
+        **{f"block{b}_layer2_1_bn": (0, 4) for b in (1, 2, 3)}, **{f"block{b}_layer2_conv1": (4, 0) for b in (1, 2, 3)}}
+    x = rng.normal(size=(8, 16, 16, 3)).astype("float32")
+    for _ in range(2):  # the second step from the moving statistics the first one updated
+        (y_stock, g_stock), (y_fast, g_fast) = step(stock, x, traced), step(fast, x, traced)
+        np.testing.assert_allclose(y_fast, y_stock, rtol=1e-5, atol=1e-6 * np.abs(y_stock).max())
+        for path, g in g_stock.items():
+            np.testing.assert_allclose(g_fast[path], g, rtol=1e-4, atol=1e-5 * np.abs(g).max(), err_msg=path)
+    for v_stock, v_fast in zip(stock.non_trainable_variables, fast.non_trainable_variables):
+        np.testing.assert_allclose(v_fast.numpy(), v_stock.numpy(), rtol=1e-5, atol=1e-6, err_msg=v_stock.path)
+    np.testing.assert_allclose(fast(x, training=False), stock(x, training=False), rtol=1e-5, atol=1e-6)
+
+
+def test_densenet_with_relu_computes_the_same_outputs():
+    keras.utils.set_random_seed(2)
+    stock, fast, count = twins(small_densenet, fuse=True)
+    assert count == 3
+    x = rng.normal(size=(8, 16, 16, 3)).astype("float32")
+    for training in (True, False):
+        np.testing.assert_allclose(fast(x, training=training), stock(x, training=training), rtol=1e-5, atol=1e-6)
 
 
 def test_a_shared_layer_is_left_alone():
