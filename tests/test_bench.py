@@ -1,16 +1,19 @@
 """The arithmetic of bench/profile_step.py, bench/side_by_side.py, bench/epoch_time.py and
-bench/epoch_parts.py (the measurements run in bench/), and bench/train_speed.py and
-bench/pipeline_speed.py on a few steps."""
+bench/epoch_parts.py (the measurements run in bench/), bench/train_speed.py and
+bench/pipeline_speed.py on a few steps, and bench/cifar_subset.py."""
 
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 
+import cifar_subset  # noqa: E402
+import data  # noqa: E402
 import epoch_parts  # noqa: E402
 import epoch_time  # noqa: E402
 import pipeline_speed  # noqa: E402
@@ -158,3 +161,25 @@ def test_pipeline_speed_refuses_what_precomputed_epochs_do_not_compute(capsys):
     with pytest.raises(SystemExit):
         pipeline_speed.main(["--images", "300", "--augment", "kaggle", "--batches", "precomputed"])
     assert "--batches precomputed computes --augment standard or none" in capsys.readouterr().err
+
+
+def test_cifar_subset_keeps_the_first_images_of_each_batch(real_archive, tmp_path):
+    cifar_subset.main(["--data-dir", str(real_archive), "--out", str(tmp_path), "--train-per-batch", "30",
+                       "--test", "100"])
+    full, cut = data.load_cifar10(real_archive, verbose=False), data.load_cifar10(tmp_path, verbose=False)
+    rows = np.concatenate([np.arange(30) + i * 10_000 for i in range(5)])
+    np.testing.assert_array_equal(cut.x_train, full.x_train[rows])
+    np.testing.assert_array_equal(cut.y_train, full.y_train[rows])
+    np.testing.assert_array_equal(cut.x_test, full.x_test[:100])
+    np.testing.assert_array_equal(cut.y_test, full.y_test[:100])
+    with pytest.raises(SystemExit) as e:  # the first 20 test images miss two classes: refused, nothing left
+        cifar_subset.main(["--data-dir", str(real_archive), "--out", str(tmp_path / "few"), "--test", "20"])
+    assert e.value.code == 2 and not (tmp_path / "few" / "cifar-10-batches-py").exists()
+
+
+def test_cifar_subset_refuses_a_set_that_is_not_the_full_one(tiny_cifar, tmp_path, capsys):
+    root, _ = tiny_cifar
+    with pytest.raises(SystemExit) as e:
+        cifar_subset.main(["--data-dir", str(root), "--out", str(tmp_path)])
+    assert e.value.code == 2 and "training images, not the official set's 50000" in capsys.readouterr().err
+    assert not (tmp_path / "cifar-10-batches-py").exists()
