@@ -266,14 +266,23 @@ def test_train_pads_new_resumed_and_evaluated_models_as_recorded(tiny_cifar, tmp
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_padding_follows_the_layers_compute_dtype(policy):
+@pytest.mark.parametrize("name", ["lenet", "densenet"])
+def test_padding_follows_the_layers_compute_dtype(policy, name):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
-        stock, fast, count = twins(lambda: models.create_model("lenet", num_classes=10))
-        x = rng.normal(size=(4, 32, 32, 3)).astype("float32")
+        if name == "lenet":
+            stock, fast, count = twins(lambda: models.create_model("lenet", num_classes=10))
+        else:
+            stock, fast, count = twins(small_densenet, fuse=True)
+        size = 32 if name == "lenet" else 16
+        x = rng.normal(size=(4, size, size, 3)).astype("float32")
         y_stock, y_fast = stock(x, training=True), fast(x, training=True)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    assert count == 1 and y_fast.dtype == y_stock.dtype == policy.split("_")[1]
-    np.testing.assert_array_equal(np.asarray(tf.cast(y_fast, "float32")), np.asarray(tf.cast(y_stock, "float32")))
+    assert count == (1 if name == "lenet" else 3) and y_fast.dtype == y_stock.dtype == policy.split("_")[1]
+    y_stock, y_fast = np.asarray(tf.cast(y_stock, "float32")), np.asarray(tf.cast(y_fast, "float32"))
+    if name == "lenet":
+        np.testing.assert_array_equal(y_fast, y_stock)
+    else:  # batch-norm statistics in float32 either way; the activations are rounded to 16 bits
+        np.testing.assert_allclose(y_fast, y_stock, rtol=0, atol=2e-2 * np.abs(y_stock).max())
