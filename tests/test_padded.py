@@ -193,6 +193,15 @@ def test_densenet_pads_its_batch_norms_and_computes_the_same(traced):
     np.testing.assert_allclose(fast(x, training=False), stock(x, training=False), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name, expected", [("densenet_bc_100_12", 33), ("densenet_bc_160_24", 0), ("resnet20", 0)])
+def test_registry_models_pad_what_their_channel_counts_call_for(name, expected):
+    model = models.create_model(name, num_classes=10)
+    fused.use_fused_batch_norm(model)
+    assert padded.pad_channels(model) == expected
+    padded_bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization) and hasattr(l, "_padded_channels")]
+    assert len(padded_bns) == expected and all(l.moving_mean.shape[0] % 8 for l in padded_bns)
+
+
 def test_densenet_with_relu_computes_the_same_outputs():
     keras.utils.set_random_seed(2)
     stock, fast, count = twins(small_densenet, fuse=True)
