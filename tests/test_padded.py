@@ -230,11 +230,11 @@ def test_padded_model_saves_as_stock_and_reloads_unpadded(tmp_path, name):
     else:
         stock, fast, _ = twins(small_densenet, fuse=True)
         size = 16
-    for model, name in ((stock, "stock.keras"), (fast, "padded.keras")):
-        model.save(tmp_path / name)
+    for model, filename in ((stock, "stock.keras"), (fast, "padded.keras")):
+        model.save(tmp_path / filename)
     configs = []
-    for name in ("stock.keras", "padded.keras"):
-        with zipfile.ZipFile(tmp_path / name) as z:
+    for filename in ("stock.keras", "padded.keras"):
+        with zipfile.ZipFile(tmp_path / filename) as z:
             configs.append(json.loads(z.read("config.json")))
     assert configs[0] == configs[1]
     loaded = keras.saving.load_model(tmp_path / "padded.keras")
