@@ -334,6 +334,21 @@ class EpochTimer(keras.callbacks.Callback):
         self.epoch_seconds = time.perf_counter() - self.start
 
 
+def machine():
+    """The CPU this process runs on: model, cores and its widest vector units (kernels differ by them)."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        cpu, flags = info.get("model name", cpu), set(info.get("flags", "").split())
+    except OSError:
+        pass
+    vectors = next((label for flag, label in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"),
+                                              ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+    return ", ".join([cpu, f"{os.cpu_count()} cores", *([vectors] if vectors else [])])
+
+
 def _versions():
     return {"python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "numpy": np.__version__}
@@ -547,6 +562,7 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
     writer = tf.summary.create_file_writer(str(run.path / "tensorboard"))
     session_start = time.perf_counter()
     wall_before = state["wall_seconds"]
+    here = machine()
 
     for epoch in range(state["epochs_completed"], settings["epochs"]):
         train_ds = None  # the last epoch's batches go before this epoch's are made
@@ -569,6 +585,9 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
         best = state["best"]
         is_best = val_ds is not None and (best is None or row["val_accuracy"] > best["val_accuracy"])
         state["wall_seconds"] = wall_before + time.perf_counter() - session_start
+        # A resumed run may continue on another machine: epochs per machine, for honest timings.
+        state.setdefault("machines", {})
+        state["machines"][here] = state["machines"].get(here, 0) + 1
         run.commit(model_, state, row, is_best)
         with writer.as_default(step=epoch + 1):
             for key in HISTORY_FIELDS[1:]:
@@ -579,6 +598,7 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
     metrics = _final_evaluation(run, state, settings, dataset, len(x_train), len(x_val), eval_batch, fuse, pad)
     metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start
     metrics["execution"] = execution
+    metrics["machines"] = state.get("machines") or {here: 0}
     write_json(run.path / "metrics.json", metrics)
     print(f"Finished {run.path}: val accuracy {metrics['val_accuracy']}, test accuracy "
           f"{metrics['test_accuracy']:.4f} ({metrics['test_model']})", flush=True)
@@ -598,18 +618,24 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch,
     else:
         kept, epoch = "last.keras", state["epochs_completed"]
         why = "no validation split, so the last epoch"
-    model = keras.saving.load_model(run.path / kept, compile=False)
-    if fuse:
-        fused.use_fused_batch_norm(model)
-    if pad:
-        padded.pad_channels(model)
-    test = {}
-    for flip in (False, True):
-        ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"],
-                               flip=flip)
-        test[flip] = np.asarray(keras.ops.softmax(model.predict(ds, verbose=0).astype(np.float32)))
     labels = dataset.y_test.astype(int)
-    plain, tta = test[False], (test[False] + test[True]) / 2
+
+    def probabilities(name):
+        model = keras.saving.load_model(run.path / name, compile=False)
+        if fuse:
+            fused.use_fused_batch_norm(model)
+        if pad:
+            padded.pad_channels(model)
+        test = {}
+        for flip in (False, True):
+            ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch,
+                                   preprocess_mode=settings["preprocess"], flip=flip)
+            test[flip] = np.asarray(keras.ops.softmax(model.predict(ds, verbose=0).astype(np.float32)))
+        return test[False], (test[False] + test[True]) / 2
+
+    plain, tta = probabilities(kept)
+    # Peers quote either the chosen epoch or the last one; both are reported, each named.
+    last_plain = plain if epoch == state["epochs_completed"] else probabilities("last.keras")[0]
     history = state["history"]
     speeds = [n_train / r["train_seconds"] for r in history if r.get("train_seconds")]
     return {
@@ -621,6 +647,7 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch,
         "test_accuracy_flip_tta": float(np.mean(tta.argmax(1) == labels)),
         "test_model": f"{kept} (epoch {epoch}, {why})",
         "best_epoch": epoch,
+        "last_epoch_test_accuracy": float(np.mean(last_plain.argmax(1) == labels)),
         "last_val_accuracy": history[-1].get("val_accuracy"),
         "last_train_accuracy": history[-1]["accuracy"],
         "epochs_completed": state["epochs_completed"],

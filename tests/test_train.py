@@ -62,6 +62,11 @@ def test_end_to_end_writes_every_file(tiny_cifar, tmp_path, capsys):
     logits = model.predict(data.make_dataset(x_test, y_test, 64), verbose=0)
     assert metrics["test_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y_test))
     assert model.name == "lenet"
+    # ... and the last epoch's, which peers quote too, is that of last.keras.
+    last = keras.saving.load_model(run / "last.keras", compile=False)
+    last_logits = last.predict(data.make_dataset(x_test, y_test, 64), verbose=0)
+    assert metrics["last_epoch_test_accuracy"] == pytest.approx(np.mean(last_logits.argmax(1) == y_test))
+    assert metrics["machines"] == {train.machine(): 3} and "cores" in train.machine()
     # best.keras loads in a process that has nothing of this project imported.
     probe = subprocess.run([sys.executable, "-c", "import sys, keras; print(keras.saving.load_model(sys.argv[1]).name)",
                             str(run / "best.keras")], capture_output=True, text=True, timeout=120, cwd="/")
