@@ -8,10 +8,12 @@ Finding the data (`find_source`), in this order:
   4. the official archive, downloaded once into Keras' cache with its md5 checked.
 
 Reading never executes a pickle: the batch files are unpickled with an unpickler that knows
-numpy's array reconstruction and nothing else. What was read is validated (shapes, dtype,
-labels, class counts) with the file at fault named, then cached as `.npy` files outside the
-repository (`$CIFAR10_CACHE`, else `$XDG_CACHE_HOME/cifar10-keras`, else
-`~/.cache/cifar10-keras`), so the second load is a plain `np.load`.
+numpy's array reconstruction and Python 3's pickled bytes, and nothing else. What was read is
+validated (shapes, dtype, labels, class counts) with the file at fault named, then cached as
+`.npy` files outside the repository (`$CIFAR10_CACHE`, else `$XDG_CACHE_HOME/cifar10-keras`, else
+`~/.cache/cifar10-keras`) beside a manifest of their sha256 sums, so the second load is a plain
+`np.load`; what it loads must match those sums and pass the same checks, or the source is read
+again.
 
 Preprocessing constants live here and nowhere else.
 """
@@ -21,6 +23,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 import time
@@ -70,21 +73,53 @@ class DataError(Exception):
 
 # --------------------------------------------------------------------------- reading
 
+def _latin1_bytes(text, encoding):
+    """What Python 3's pickle protocols 0-2 write bytes as: codecs.encode(str, "latin1")."""
+    if type(text) is not str or encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r}) does not "
+                                     "rebuild bytes")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    """What Python 3's pickle protocols 0-2 write b"" as: bytes()."""
+    if args:
+        raise pickle.UnpicklingError(f"bytes() with {len(args)} argument(s) does not rebuild b''")
+    return b""
+
+
+# The globals a batch pickle may name: the names numpy and Python 3's pickle write for what a CIFAR
+# batch holds, in every protocol (pickletools shows them). numpy 1 names its modules numpy.core,
+# numpy 2 numpy._core.
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),  # arrays, protocols 0-4 (5: non-contiguous ones)
     ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),      # contiguous arrays, protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),                      # bytes, protocols 0-2
+    ("__builtin__", "bytes"),                   # b"", protocols 0-2 (the pickler writes Python 2's name)
 }
+# _codecs.encode and bytes are answered with stand-ins doing the one call the pickler writes. The
+# real ones have no side effects either, but _codecs.encode reaches every registered codec (zlib,
+# bz2, ...) with any argument and bytes(n) allocates n bytes; the stand-ins only turn a str into
+# latin-1 bytes, and make b"", so these two names can build nothing but bytes.
+_STAND_INS = {("_codecs", "encode"): _latin1_bytes, ("__builtin__", "bytes"): _empty_bytes}
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Resolves numpy's array reconstruction and refuses every other global, so nothing runs."""
+    """Resolves numpy's array reconstruction and bytes, and refuses every other global, so nothing runs."""
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refers to {module}.{name}, which is not numpy array data")
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which is not numpy array data or bytes")
+        if (module, name) in _STAND_INS:
+            return _STAND_INS[module, name]
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            # numpy 2's numpy.core.numeric warns on every name: read numpy 1's names from numpy._core.
+            module = "numpy._core." + module.removeprefix("numpy.core.")
+        return super().find_class(module, name)
 
 
 def parse_batch(raw: bytes, where: str):
@@ -112,16 +147,30 @@ def parse_batch(raw: bytes, where: str):
     if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
         raise DataError(f"{where}: 'labels' must be {len(data)} integers; got {labels.dtype} "
                         f"with shape {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{where}: labels must lie in 0..{NUM_CLASSES - 1}; "
-                        f"found {labels.min()}..{labels.max()}")
+    _check_label_range(labels, where)
     # The rows are R, G and B planes of 32x32, row-major: NCHW -> NHWC as Keras' loader does.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.uint8)
 
 
+def _check_label_range(labels, where):
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{where}: labels must lie in 0..{NUM_CLASSES - 1}; "
+                        f"found {labels.min()}..{labels.max()}")
+
+
 def _validate_split(split, images, labels, files):
+    """Checks a whole split, read from the batch files or from the cache: uint8 images (N, 32, 32, 3),
+    N uint8 labels in 0..9, every class present, and the official balance at the official size."""
     where = ", ".join(files)
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
+            and images.shape[1:] == IMAGE_SHAPE):
+        kind = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise DataError(f"{where}: the {split} images must be uint8 of shape (N, 32, 32, 3); got {kind}")
+    if not (isinstance(labels, np.ndarray) and labels.dtype == np.uint8 and labels.shape == (len(images),)):
+        kind = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else type(labels).__name__
+        raise DataError(f"{where}: the {split} labels must be {len(images)} uint8 values; got {kind}")
+    _check_label_range(labels, where)
     if len(images) == 0:
         raise DataError(f"{where}: the {split} set is empty")
     counts = np.bincount(labels, minlength=NUM_CLASSES)
@@ -289,14 +338,24 @@ def _fingerprint(source):
 
 
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+MANIFEST = "manifest.json"
 
 
-def _save_cache(folder, arrays):
+def _describe(array):
+    """An array's manifest entry. sha256 rather than blake2b: OpenSSL computes it with the SHA
+    instructions of current x86 CPUs (AMD since Zen, Intel since Ice Lake), where it is the faster."""
+    return {"dtype": array.dtype.str, "shape": list(array.shape),
+            "sha256": hashlib.sha256(np.ascontiguousarray(array)).hexdigest()}
+
+
+def _save_cache(folder, arrays, source):
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
         for name, array in zip(_ARRAYS, arrays):
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+        manifest = {"source": str(source), "arrays": {name: _describe(a) for name, a in zip(_ARRAYS, arrays)}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest) + "\n")
         os.replace(tmp, folder)  # a whole folder or nothing: a killed writer leaves only .tmp-*
     except OSError:
         for f in tmp.glob("*"):
@@ -307,14 +366,44 @@ def _save_cache(folder, arrays):
 
 
 def _load_cache(folder):
+    """(arrays, None), or (None, why not): every array must match what the manifest recorded when
+    the cache was written (dtype, shape, sha256) and pass the checks the source passed."""
     try:
-        arrays = tuple(np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS)
-    except (OSError, ValueError):
-        return None
-    x_train, y_train, x_test, y_test = arrays
-    ok = (x_train.dtype == x_test.dtype == np.uint8 and x_train.shape[1:] == x_test.shape[1:] == IMAGE_SHAPE
-          and y_train.shape == (len(x_train),) and y_test.shape == (len(x_test),))
-    return arrays if ok else None
+        recorded = json.loads((folder / MANIFEST).read_text())["arrays"]
+        recorded = {name: recorded[name] for name in _ARRAYS}
+    except FileNotFoundError:
+        return None, f"no {MANIFEST}: written by an older version"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"unreadable {MANIFEST} ({type(e).__name__}: {e})"
+    arrays = []
+    for name in _ARRAYS:
+        try:
+            array = np.load(folder / f"{name}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            return None, f"could not read {name}.npy ({e})"
+        if _describe(array) != recorded[name]:
+            return None, f"{name}.npy differs from what {MANIFEST} recorded when it was written"
+        arrays.append(array)
+    try:
+        for split, images, labels in (("train", *arrays[:2]), ("test", *arrays[2:])):
+            _validate_split(split, images, labels, [f"x_{split}.npy", f"y_{split}.npy"])
+    except DataError as e:
+        return None, str(e)
+    return tuple(arrays), None
+
+
+def _discard_cache(folder):
+    """Moves a cache folder aside, then deletes it, so that a new one can take its name."""
+    try:
+        stale = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".stale-"))
+    except OSError:
+        return
+    try:
+        os.replace(folder, stale)  # onto an empty folder: one rename, so no reader sees half a folder
+    except OSError:
+        stale.rmdir()  # _save_cache then keeps the old folder, and the next load refuses it again
+        return
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 @dataclass
@@ -330,12 +419,18 @@ def load_cifar10(data_dir=None, allow_download=True, url=None, verbose=True):
     """Finds, reads, validates and caches CIFAR-10; see the module docstring."""
     source = find_source(data_dir, allow_download, url)
     folder = cache_root() / _fingerprint(source)
-    arrays = _load_cache(folder) if folder.is_dir() else None
+    arrays = None
+    if folder.is_dir():
+        arrays, why = _load_cache(folder)
+        if arrays is None:
+            print(f"warning: CIFAR-10 cache {folder} not used ({' '.join(why.split())}); reading {source} again",
+                  flush=True)
+            _discard_cache(folder)
     if arrays is None:
         start = time.perf_counter()
         arrays = read_source(source)
         try:
-            _save_cache(folder, arrays)
+            _save_cache(folder, arrays, source)
         except OSError as e:
             print(f"warning: could not cache CIFAR-10 in {folder} ({e}); it will be read again next time")
         if verbose:
@@ -581,8 +676,9 @@ def pipeline_options():
 class EpochBatches:
     """Each epoch's batches computed all at once, before the epoch, instead of beside the step.
 
-    The same batches as make_dataset's (the same order, crops, flips and normalisation, bit for
-    bit: tests/test_data.py), for the settings it covers: augment "standard" or "none", no
+    The same batches as make_dataset's (the same order, crops and flips; the same normalisation,
+    but for the rounding, which TensorFlow may do differently in the two graphs on some CPUs:
+    tests/test_data.py), for the settings it covers: augment "standard" or "none", no
     cutout or mixup. Why: on a CPU the training step's kernels split over all cores, and a
     pipeline computing batches beside them takes a core from them at every step; on the 2-core
     machine a LeNet epoch took 1.25 s longer with augmentation than without, for ~0.3 s of

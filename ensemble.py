@@ -25,6 +25,7 @@ written under a temporary name and renamed when complete.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -43,6 +44,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
+import runlock  # noqa: E402
 import train  # noqa: E402
 
 CHECKPOINTS = ("best", "last")
@@ -639,6 +641,16 @@ def run(args):
     for path in targets:  # before any slow work
         if not path.parent.is_dir():
             raise EnsembleError(f"cannot write {path}: folder {path.parent} does not exist")
+    with contextlib.ExitStack() as owned:  # one process at a time writes each output
+        for path in targets:
+            try:
+                owned.enter_context(runlock.hold(path, "output file"))
+            except runlock.Busy as e:
+                raise EnsembleError(str(e)) from None
+        return _run_owned(args, spec, out, submission)
+
+
+def _run_owned(args, spec, out, submission):
     kaggle_files = None
     if args.kaggle_test_dir:
         kaggle_files = check_kaggle_folder(args.kaggle_test_dir, args.skip_bad)

@@ -21,20 +21,26 @@ def run_grid(model, variants, seeds, out, *, dataset=None, data_dir=None, verbos
     `variants` maps a name to the settings it overrides; `common` (settings, or train()'s other
     keyword arguments) applies to all of them.
     """
+    train.check_seeds(list(seeds))
     for overrides in variants.values():  # bad settings fail now, not after hours of training
         settings = {k: v for k, v in {**common, **overrides}.items() if k in train.SETTINGS}
         train.resolve_settings(model, **settings)
-    if dataset is None:
-        dataset = data.load_cifar10(data_dir)
-    results = {}
-    for name, overrides in variants.items():
-        results[name] = []
-        for seed in seeds:
-            print(f"== {name}, seed {seed}", flush=True)
-            run_dir = Path(out) / "runs" / f"{name}-seed{seed}"
-            metrics = train.train(model, run_dir=run_dir, dataset=dataset, verbose=verbose, seed=seed,
-                                  **{**common, **overrides})
-            results[name].append((run_dir, metrics))
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise train.TrainError(f"cannot write to {out}: {e.strerror or e}") from None
+    with train.hold(out, "--out folder"):  # one process at a time runs a series
+        if dataset is None:
+            dataset = data.load_cifar10(data_dir)
+        results = {}
+        for name, overrides in variants.items():
+            results[name] = []
+            for seed in seeds:
+                print(f"== {name}, seed {seed}", flush=True)
+                run_dir = Path(out) / "runs" / f"{name}-seed{seed}"
+                metrics = train.train(model, run_dir=run_dir, dataset=dataset, verbose=verbose, seed=seed,
+                                      **{**common, **overrides})
+                results[name].append((run_dir, metrics))
     return results
 
 

@@ -24,7 +24,9 @@ resumes after the last completed epoch; re-running a finished run leaves it as i
 """
 
 import argparse
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -35,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import tfenv  # noqa: E402  (first: TensorFlow reads its settings when it loads)
@@ -48,6 +51,7 @@ import distribute  # noqa: E402
 import fused  # noqa: E402
 import models  # noqa: E402
 import padded  # noqa: E402
+import runlock  # noqa: E402
 from htd import schedules  # noqa: E402
 
 # What a recipe does not say. Flags override both.
@@ -59,11 +63,25 @@ DEFAULTS = dict(
     val_split=5000, split_seed=0, seed=0, mixed_precision=False,
 )
 LR_SCALING = ("linear", "none")
+MAX_SEED = 2**32 - 1  # numpy's and keras.utils.set_random_seed's range
 SETTINGS = tuple(DEFAULTS)
 
 
 class TrainError(Exception):
     """A problem the user can fix: bad settings, missing data, an unusable run folder."""
+
+
+class DamagedRun(TrainError):
+    """A file of a run folder cannot be read or contradicts the others; nothing in the folder was changed."""
+
+
+def _damaged_advice(run):
+    return (f"nothing in {run.path} was changed. This run cannot resume from it: start it again in another "
+            f"--run-dir (best.keras and history.csv here, if present, are left as they are)")
+
+
+def _why(error):
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 # --------------------------------------------------------------------------- settings
@@ -120,16 +138,25 @@ def _validate(s):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] <= 0:
             raise TrainError(f"{key.replace('_', ' ')} must be a positive whole number; got {s[key]!r}")
 
+    for key, value in s.items():  # inf and nan pass the range checks below; no setting means them
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise TrainError(f"{key.replace('_', ' ')} must be a finite number; got {value!r}")
     positive_int("epochs")
     positive_int("batch_size")
+    _validate_seed(s["seed"])
+    _validate_seed(s["split_seed"], "split_seed")
     if not s["lr"] > 0:
         raise TrainError(f"lr must be positive; got {s['lr']!r}")
     if not 0 <= s["momentum"] < 1:
         raise TrainError(f"momentum must be in [0, 1); got {s['momentum']!r}")
     if not s["weight_decay"] >= 0:
         raise TrainError(f"weight decay must be >= 0; got {s['weight_decay']!r}")
-    if isinstance(s["val_split"], bool) or not isinstance(s["val_split"], int) or s["val_split"] < 0:
-        raise TrainError(f"val split must be a whole number of images >= 0; got {s['val_split']!r}")
+    if (isinstance(s["val_split"], bool) or not isinstance(s["val_split"], int)
+            or not (s["val_split"] == 0 or data.NUM_CLASSES <= s["val_split"] < data.OFFICIAL_COUNTS["train"])):
+        # Stratified: every class needs an image on each side of the split.
+        raise TrainError(f"val split must be 0 (none) or a whole number of images from {data.NUM_CLASSES} (one per "
+                         f"class) to {data.OFFICIAL_COUNTS['train'] - 1}; got {s['val_split']!r}")
     if s["preprocess"] not in data.PREPROCESSING:
         raise TrainError(f"preprocess must be one of {', '.join(data.PREPROCESSING)}; got {s['preprocess']!r}")
     if not 0 <= s["label_smoothing"] < 1:
@@ -146,6 +173,20 @@ def _validate(s):
         make_schedule(s, steps_per_epoch=1)
     except ValueError as e:
         raise TrainError(f"schedule: {e}") from None
+
+
+def check_seeds(seeds):
+    """The seeds of a series: each a valid seed, none twice (a repeated seed is the same run counted twice)."""
+    for seed in seeds:
+        _validate_seed(seed)
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise TrainError(f"seeds must differ (each is one run); {', '.join(map(str, repeated))} given more than once")
+
+
+def _validate_seed(seed, key="seed"):
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise TrainError(f"{key.replace('_', ' ')} must be a whole number from 0 to {MAX_SEED}; got {seed!r}")
 
 
 def make_schedule(s, steps_per_epoch):
@@ -219,6 +260,13 @@ class RunFolder:
         self.path = Path(path)
         self.ckpt_dir = self.path / "checkpoints"
 
+    def create(self):
+        """The folder itself (and its parents), so that it can be locked before anything is read."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainError(f"cannot write to run folder {self.path}: {e.strerror or e}") from None
+
     def prepare(self):
         try:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -228,9 +276,80 @@ class RunFolder:
         except OSError as e:
             raise TrainError(f"cannot write to run folder {self.path}: {e.strerror or e}") from None
 
-    def read_json(self, name):
+    def read_json(self, name, advice=_damaged_advice):
+        """The object in `name`, None where the file does not exist; DamagedRun where it is not a JSON object."""
         path = self.path / name
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            obj = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DamagedRun(f"{path} is damaged ({_why(e)}); {advice(self)}") from None
+        if not isinstance(obj, dict):
+            raise DamagedRun(f"{path} is damaged (holds a {type(obj).__name__}, not an object); {advice(self)}")
+        return obj
+
+    def load_state(self, total_epochs):
+        """The commit point, checked against the checkpoints it names before anything relies on it."""
+        state = self.read_json("state.json")
+        if state is None:
+            return None
+        where = self.path / "state.json"
+        kinds = {"epochs_completed": int, "checkpoint": str, "history": list, "wall_seconds": (int, float),
+                 "best": (dict, type(None))}
+        missing = [k for k in kinds if k not in state]
+        wrong = [k for k in kinds if k in state and (isinstance(state[k], bool) or not isinstance(state[k], kinds[k]))]
+        if missing or wrong:
+            what = "; ".join([*(f"lacks {k!r}" for k in missing), *(f"{k!r} has the wrong type" for k in wrong)])
+            raise DamagedRun(f"{where} is damaged ({what}); {_damaged_advice(self)}")
+        done = state["epochs_completed"]
+        if not 1 <= done <= total_epochs or len(state["history"]) != done:
+            raise DamagedRun(f"{where} is damaged ({done} epochs completed of {total_epochs}, "
+                             f"{len(state['history'])} history rows); {_damaged_advice(self)}")
+        best = state["best"]
+        if best is not None and not (isinstance(best.get("checkpoint"), str) and isinstance(best.get("epoch"), int)
+                                     and isinstance(best.get("val_accuracy"), (int, float))):
+            raise DamagedRun(f"{where} is damaged (its 'best' entry is incomplete); {_damaged_advice(self)}")
+        for name in [state["checkpoint"], *([best["checkpoint"]] if best else [])]:
+            if Path(name).name != name or not (self.ckpt_dir / name).is_file():
+                raise DamagedRun(f"{self.ckpt_dir / name}, which {where} names, is missing; {_damaged_advice(self)}")
+        return state
+
+    def load_model(self, name, **kwargs):
+        """The model file `name` (relative to the folder) as Keras loads it; DamagedRun where it cannot be read."""
+        path = self.path / name
+        try:
+            return keras.saving.load_model(path, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+            # Keras says "File not found" for a truncated file that exists: say what it is instead.
+            raise DamagedRun(f"{path} is damaged (not a readable .keras file: {_why(e)}); "
+                             f"{_damaged_advice(self)}") from None
+
+    def check_archive(self, name):
+        """DamagedRun unless `name` is a whole zip archive (every member's checksum read), as .keras files are."""
+        path = self.path / name
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            bad = _why(e)
+        if bad is not None:
+            raise DamagedRun(f"{path} is damaged (not a whole .keras file: {bad}); {_damaged_advice(self)}")
+
+    def discard_uncommitted(self):
+        """After a failed write: removes temporary files and checkpoints the committed state does not name."""
+        try:
+            state = json.loads((self.path / "state.json").read_text())
+            keep = {state["checkpoint"], (state.get("best") or {}).get("checkpoint")}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            keep = None  # nothing committed yet (or unreadable): keep every checkpoint there is
+        for folder in (self.path, self.ckpt_dir):
+            for f in folder.glob(".*.tmp*"):
+                f.unlink(missing_ok=True)
+        if keep is not None and self.ckpt_dir.is_dir():
+            for f in self.ckpt_dir.iterdir():
+                if f.name not in keep:
+                    f.unlink(missing_ok=True)
 
     def foreign_files(self):
         if not self.path.is_dir():
@@ -238,20 +357,45 @@ class RunFolder:
         return sorted(p.name for p in self.path.iterdir() if p.name not in self.OWN and not p.name.startswith("."))
 
     def commit(self, model, state, row, is_best):
+        """Saves the epoch's checkpoint(s), then renames the state naming them into place.
+
+        A write that fails (a full disk, say) leaves the folder at its last committed epoch: what this
+        epoch had written is removed, and the error says where and what to do.
+        """
         epoch = row["epoch"]
-        name = f"epoch-{epoch:04d}.keras"
-        save_model(model, self.ckpt_dir / name)
-        state["history"].append(row)
-        state["epochs_completed"] = epoch
-        state["checkpoint"] = name
-        if is_best:
-            # best.keras is for inference: architecture and weights, no optimizer, so it loads with
-            # plain keras.saving.load_model in any process (the schedules are this project's classes).
-            best = f"best-{epoch:04d}.keras"
-            save_model(keras.Model(model.inputs, model.outputs, name=model.name), self.ckpt_dir / best)
-            state["best"] = {"epoch": epoch, "val_accuracy": row["val_accuracy"], "checkpoint": best}
-        write_json(self.path / "state.json", state)
-        self.sync(state)
+        new = {**state, "history": [*state["history"], row], "epochs_completed": epoch,
+               "checkpoint": f"epoch-{epoch:04d}.keras"}
+        try:
+            save_model(model, self.ckpt_dir / new["checkpoint"])
+            if is_best:
+                # best.keras is for inference: architecture and weights, no optimizer, so it loads with
+                # plain keras.saving.load_model in any process (the schedules are this project's classes).
+                best = f"best-{epoch:04d}.keras"
+                save_model(keras.Model(model.inputs, model.outputs, name=model.name), self.ckpt_dir / best)
+                new["best"] = {"epoch": epoch, "val_accuracy": row["val_accuracy"], "checkpoint": best}
+            write_json(self.path / "state.json", new)
+        except OSError as e:
+            self.discard_uncommitted()
+            raise self.write_error(e, state["epochs_completed"]) from None
+        state.update(new)
+        try:
+            self.sync(state)
+        except OSError as e:  # committed: the derived files are rebuilt from the state on resume
+            raise self.write_error(e, epoch) from None
+
+    def write_error(self, error, committed):
+        """The TrainError for a failed write, saying which file, why, and that the folder is consistent."""
+        what = error.filename or "a file"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            try:
+                free = f"{shutil.disk_usage(self.path).free / 2**20:.0f} MiB free"
+            except OSError:
+                free = "free space unknown"
+            why = f"the disk holding {self.path} is full ({free}): could not write {what}"
+        else:
+            why = f"could not write {what} ({error.strerror or error})"
+        return TrainError(f"{why}. The run folder is as it was after epoch {committed} (its last committed "
+                          "epoch); make room and run the same command again to resume from there")
 
     def sync(self, state):
         """Brings the derived files in line with `state` and removes what it no longer names."""
@@ -373,11 +517,25 @@ def _existing_run(run, settings):
             raise TrainError(f"run folder {run.path} is not empty and holds no run "
                              f"({', '.join(run.foreign_files()[:3])}, ...); use an empty or new folder")
         return None
+    if not isinstance(old_config.get("settings"), dict):
+        raise DamagedRun(f"{run.path / 'config.json'} is damaged (it lacks 'settings'); {_damaged_advice(run)}")
     diffs = _describe_differences(old_config["settings"], settings)
     if diffs:
-        raise TrainError(f"{run.path} holds a run with other settings ({'; '.join(diffs)}); "
-                         "use another --run-dir")
-    return run.read_json("metrics.json")
+        if (run.path / "state.json").exists():
+            raise TrainError(f"{run.path} holds a run with other settings ({'; '.join(diffs)}); "
+                             "use another --run-dir")
+        # The earlier attempt committed no epoch (it stopped in its first): there is nothing to keep.
+        print(f"{run.path}: no epoch of its earlier settings was committed; starting with the new ones "
+              f"({'; '.join(diffs)})", flush=True)
+        (run.path / "config.json").unlink()
+        return None
+    metrics = run.read_json("metrics.json", advice=lambda r: (
+        f"the run is finished and its models are in {r.path}: delete that file and run the same command "
+        "again to evaluate them anew"))
+    if metrics is not None and not all(k in metrics for k in ("epochs_completed", "test_accuracy")):
+        raise DamagedRun(f"{run.path / 'metrics.json'} is damaged (it lacks the test accuracy); delete it and "
+                         "run the same command again to evaluate the finished run anew")
+    return metrics
 
 
 def _worker_folder(home, index):
@@ -437,12 +595,33 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
         raise TrainError(f"batch size {settings['batch_size']} does not split evenly over "
                          f"{placement.replicas} replicas")
     home = RunFolder(run_dir or default_run_dir(settings))
+    with contextlib.ExitStack() as owned:
+        if placement.is_chief:  # only the chief writes the run folder, and it owns it while it runs
+            home.create()
+            owned.enter_context(hold(home.path, "--run-dir"))
+        return _train_in(home, settings, sources, placement, policy, dataset, data_dir, verbose, command,
+                         jit=jit, keras_batch_norm=keras_batch_norm, deterministic=deterministic,
+                         steps_per_execution=steps_per_execution, batches=batches, channel_padding=channel_padding)
+
+
+@contextlib.contextmanager
+def hold(path, what):
+    """runlock.hold, its refusal as a TrainError."""
+    try:
+        with runlock.hold(path, what):
+            yield
+    except runlock.Busy as e:
+        raise TrainError(str(e)) from None
+
+
+def _train_in(home, settings, sources, placement, policy, dataset, data_dir, verbose, command, *, jit,
+              keras_batch_norm, deterministic, steps_per_execution, batches, channel_padding):
     finished = _existing_run(home, settings)
     if finished is not None:
         print(f"{home.path} is already finished ({finished['epochs_completed']} epochs, test accuracy "
               f"{finished['test_accuracy']:.4f}); nothing to do. Use another --run-dir to train again.")
         return finished
-    # Only the chief writes the run folder; other workers of a cluster keep a temporary one.
+    # Other workers of a cluster keep a temporary folder.
     run = home if placement.is_chief else _worker_folder(home, placement.worker_index)
     run.prepare()
     previous_policy = keras.mixed_precision.global_policy()
@@ -506,6 +685,12 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
     jit, fuse = execution["jit"], execution["batch_norm"] == "fused"
     steps_per_execution, batches = execution["steps_per_execution"], execution["batches"]
     pad = execution["channel_padding"] == "on"
+    # The folder is checked before the data is read: a damaged one fails at once, and changes nothing.
+    state = run.load_state(settings["epochs"])
+    if state is not None:
+        model_ = run.load_model(Path("checkpoints") / state["checkpoint"])
+        if state["best"] is not None:
+            run.check_archive(Path("checkpoints") / state["best"]["checkpoint"])
     if dataset is None:
         try:
             dataset = data.load_cifar10(data_dir)
@@ -521,15 +706,22 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
     train_images, train_labels = tf.constant(x_train), tf.constant(y_train)
     steps_per_epoch = math.ceil(len(x_train) / settings["batch_size"])
 
-    if run.read_json("config.json") is None:
-        write_json(run.path / "config.json", {
-            "settings": settings, "sources": sources, "command": command, "execution": execution,
-            "data": {"source": dataset.source, "train_images": len(x_train), "val_images": len(x_val),
-                     "test_images": len(dataset.x_test), "val_indices_sha256": indices_fingerprint(val_idx)},
-            "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
+    data_record = {"source": dataset.source, "train_images": len(x_train), "val_images": len(x_val),
+                   "test_images": len(dataset.x_test), "val_indices_sha256": indices_fingerprint(val_idx),
+                   "sha256": data_fingerprint(dataset)}
+    config = run.read_json("config.json")
+    if config is None:
+        try:
+            write_json(run.path / "config.json", {
+                "settings": settings, "sources": sources, "command": command, "execution": execution,
+                "data": data_record, "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+        except OSError as e:
+            run.discard_uncommitted()
+            raise run.write_error(e, 0) from None
+    else:
+        _check_same_data(run, config.get("data") or {}, data_record)
 
-    state = run.read_json("state.json")
     if state is None:
         state = {"epochs_completed": 0, "checkpoint": None, "best": None, "history": [],
                  "wall_seconds": 0.0}
@@ -537,7 +729,6 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
                              steps_per_execution=steps_per_execution, pad_channels=pad)
     else:
         run.sync(state)
-        model_ = keras.saving.load_model(run.path / "last.keras")
         if fuse:
             fused.use_fused_batch_norm(model_)
         if pad:
@@ -577,9 +768,12 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
                              verbose=fit_verbose, shuffle=False, callbacks=callbacks)
         logs = {k: float(v[-1]) for k, v in history.history.items()}
         if not all(math.isfinite(v) for v in logs.values()) or model_.stop_training:
-            raise TrainError(f"loss became {logs.get('loss')} in epoch {epoch + 1}; stopped. The last good "
-                             f"model (epoch {state['epochs_completed']}) is kept in {run.path}. Try a "
-                             "lower --lr or a warm-up.")
+            kept = state["epochs_completed"]
+            advice = (f"The last good model (epoch {kept}) is kept in {run.path}; to try a lower --lr or a warm-up, "
+                      "use another --run-dir (this one resumes only with the settings it has)" if kept else
+                      "No epoch was committed, so the same --run-dir takes other settings: try a lower --lr or "
+                      "a warm-up")
+            raise TrainError(f"loss became {logs.get('loss')} in epoch {epoch + 1}; stopped. {advice}.")
         row = {"epoch": epoch + 1, "lr": lr, **logs, "train_seconds": timer.train_seconds,
                "epoch_seconds": timer.epoch_seconds}
         best = state["best"]
@@ -599,10 +793,32 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
     metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start
     metrics["execution"] = execution
     metrics["machines"] = state.get("machines") or {here: 0}
-    write_json(run.path / "metrics.json", metrics)
+    try:
+        write_json(run.path / "metrics.json", metrics)
+    except OSError as e:
+        run.discard_uncommitted()
+        raise run.write_error(e, state["epochs_completed"]) from None
     print(f"Finished {run.path}: val accuracy {metrics['val_accuracy']}, test accuracy "
           f"{metrics['test_accuracy']:.4f} ({metrics['test_model']})", flush=True)
     return metrics
+
+
+def data_fingerprint(dataset):
+    """sha256 over the data set's arrays (images and labels, training then test): the data itself, not its path."""
+    digest = hashlib.sha256()
+    for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def _check_same_data(run, old, new):
+    """Refuses to resume on other data than the run started on; a moved copy of the same data is fine."""
+    keys = [k for k in ("sha256", "train_images", "val_images", "test_images", "val_indices_sha256")
+            if k in old and old[k] != new[k]]
+    if keys:
+        diffs = "; ".join(f"{k}: {old[k]!r} there, {new[k]!r} now" for k in keys)
+        raise TrainError(f"{run.path} was trained on other data ({diffs}); it was started on {old.get('source')}: "
+                         "give that data set again (--data-dir), or use another --run-dir")
 
 
 def indices_fingerprint(indices):
@@ -621,7 +837,7 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch,
     labels = dataset.y_test.astype(int)
 
     def probabilities(name):
-        model = keras.saving.load_model(run.path / name, compile=False)
+        model = run.load_model(name, compile=False)
         if fuse:
             fused.use_fused_batch_norm(model)
         if pad:
@@ -771,12 +987,18 @@ def main(argv=None):
         if args.seeds:
             if args.seed is not None:
                 raise TrainError("give --seed or --seeds, not both")
+            check_seeds(args.seeds)
             _train_seeds(args.model, args.seeds, Path(args.run_dir or Path("runs") / args.model), execution,
                          overrides)
         else:
             train(args.model, run_dir=args.run_dir, **execution, **overrides)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write outside an epoch's commit (a summary, TensorBoard's log): nothing is lost
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; the run folders keep their committed epochs: run the same "
+              "command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume after the last completed epoch",

@@ -14,8 +14,8 @@ CLASS_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
 class _Py2Pickler(pickle._Pickler):
     """Writes bytes as Python 2 `str` (SHORT_BINSTRING / BINSTRING), as the official files have them.
 
-    Python 3's protocol 2 would wrap bytes in `_codecs.encode` calls instead, which no real
-    CIFAR file contains (and which our loader rightly refuses).
+    Python 3's protocol 2 would wrap bytes in `_codecs.encode` calls instead, which no official
+    CIFAR file contains (the loader reads those too: tests/test_data.py re-pickles batches so).
     """
 
     dispatch = pickle._Pickler.dispatch.copy()

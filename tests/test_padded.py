@@ -28,6 +28,11 @@ def twins(build, fuse=False):
     return stock, fast, padded.pad_channels(fast)
 
 
+def assert_padded_equal(actual, expected, ulps=8):
+    """Equal to `ulps` float32 ulp of the largest magnitude (why: test_lenet_pads_its_six_channels...)."""
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=ulps * np.spacing(np.float32(np.abs(expected).max())))
+
+
 def step(model, x, traced=False):
     """Training-mode outputs and the gradients of a loss weighting the outputs unevenly."""
     def run(x):
@@ -47,12 +52,17 @@ def test_lenet_pads_its_six_channels_and_computes_the_same(traced):
         {"conv1": (0, 2), "conv2": (2, 0)}
     x = rng.normal(size=(16, 32, 32, 3)).astype("float32")
     (y_stock, g_stock), (y_fast, g_fast) = step(stock, x, traced), step(fast, x, traced)
-    np.testing.assert_array_equal(y_stock, y_fast)
+    # The padded convolutions add only exact zeros to the same products, and on every CPU measured the
+    # outputs and kernel gradients came out bit for bit equal. But the 6- and 8-channel convolutions
+    # are different oneDNN primitives, which may block and order their float32 sums differently on
+    # another CPU: equal to a few ulp of the largest value is what can be promised. A padding error
+    # (a zero channel that is not zero, a filter off by one channel) moves values by O(1) of it.
+    assert_padded_equal(y_fast, y_stock)
     for path, g in g_stock.items():
         if path.endswith("bias"):  # sums over 8 channels' tensors instead of 6: the last bit may differ
             np.testing.assert_allclose(g_fast[path], g, rtol=1e-5, atol=1e-6 * np.abs(g).max())
         else:
-            np.testing.assert_array_equal(g_fast[path], g)
+            assert_padded_equal(g_fast[path], g)
     assert fast.count_params() == stock.count_params() == 62006  # the same variables
 
 
@@ -240,8 +250,8 @@ def test_padded_model_saves_as_stock_and_reloads_unpadded(tmp_path, name):
     loaded = keras.saving.load_model(tmp_path / "padded.keras")
     assert not any("call" in vars(layer) for layer in loaded.layers)
     x = rng.normal(size=(8, size, size, 3)).astype("float32")
-    if name == "lenet":
-        np.testing.assert_array_equal(loaded.predict(x, verbose=0), fast.predict(x, verbose=0))
+    if name == "lenet":  # unpadded when loaded, padded before: see assert_padded_equal
+        assert_padded_equal(loaded.predict(x, verbose=0), fast.predict(x, verbose=0))
     else:  # Keras' batch norm when loaded, the fused kernel before: equal to float32 rounding
         np.testing.assert_allclose(loaded.predict(x, verbose=0), fast.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
@@ -291,7 +301,7 @@ def test_padding_follows_the_layers_compute_dtype(policy, name):
         keras.mixed_precision.set_global_policy(previous)
     assert count == (1 if name == "lenet" else 3) and y_fast.dtype == y_stock.dtype == policy.split("_")[1]
     y_stock, y_fast = np.asarray(tf.cast(y_stock, "float32")), np.asarray(tf.cast(y_fast, "float32"))
-    if name == "lenet":
-        np.testing.assert_array_equal(y_fast, y_stock)
+    if name == "lenet":  # rounded to 16 bits after the same float32 sums (see assert_padded_equal): 1 ulp apart at most
+        np.testing.assert_allclose(y_fast, y_stock, rtol=0, atol=2 * np.abs(y_stock).max() * 2.0**-7)
     else:  # batch-norm statistics in float32 either way; the activations are rounded to 16 bits
         np.testing.assert_allclose(y_fast, y_stock, rtol=0, atol=2e-2 * np.abs(y_stock).max())

@@ -122,6 +122,7 @@ def test_deterministic_runs_repeat_exactly(tiny_cifar, tmp_path):
     for run in runs:
         with open(run / "history.csv") as f:
             histories.append([(r["loss"], r["accuracy"], r["val_loss"], r["val_accuracy"]) for r in csv.DictReader(f)])
+    # Exact: two processes on one machine run the same kernels, and op determinism fixes their order.
     assert histories[0] == histories[1]
     for wa, wb in zip(*(keras.saving.load_model(r / "last.keras").get_weights() for r in runs)):
         np.testing.assert_array_equal(wa, wb)

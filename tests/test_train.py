@@ -337,3 +337,315 @@ def test_where_the_batches_are_computed():
         train.choose_batches("precomputed", settings, two)
     with pytest.raises(train.TrainError, match="--batches must be one of auto, precomputed, streamed"):
         train.choose_batches("ahead", settings, cpu)
+
+
+# --------------------------------------------------------------------------- a run folder under stress
+
+@pytest.fixture(scope="module")
+def unfinished_run(tiny_cifar, tmp_path_factory):
+    """A run folder holding one committed epoch of two, as a kill after epoch 1 leaves it."""
+    root, _ = tiny_cifar
+    run = tmp_path_factory.mktemp("unfinished") / "run"
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 0
+    state = json.loads((run / "state.json").read_text())
+    (run / "metrics.json").unlink()
+    # Back to "epoch 1 committed", as test_resume_rebuilds_from_the_commit_point does.
+    ckpt = run / "checkpoints"
+    (ckpt / state["checkpoint"]).rename(ckpt / "epoch-0001.keras")
+    best_name = state["best"]["checkpoint"]
+    if best_name != "best-0001.keras":
+        (ckpt / best_name).unlink()
+        train.save_model(keras.saving.load_model(ckpt / "epoch-0001.keras", compile=False), ckpt / "best-0001.keras")
+    state.update(history=state["history"][:1], epochs_completed=1, checkpoint="epoch-0001.keras",
+                 best={"epoch": 1, "val_accuracy": state["history"][0]["val_accuracy"], "checkpoint": "best-0001.keras"})
+    (run / "state.json").write_text(json.dumps(state))
+    train.RunFolder(run).sync(state)
+    return run
+
+
+def snapshot(folder):
+    """Every file below `folder` and its bytes (tensorboard aside), to show nothing was changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "tensorboard" not in p.parts}
+
+
+def copy_run(run, dest):
+    import shutil
+    shutil.copytree(run, dest)
+    return dest
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_an_unfinished_run_resumes_from_the_fixture(unfinished_run, tiny_cifar, tmp_path, capsys):
+    """The fixture the tests below damage is a sound, resumable run folder."""
+    root, _ = tiny_cifar
+    run = copy_run(unfinished_run, tmp_path / "run")
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 0
+    assert f"Resuming {run} after epoch 1/2" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_history(run)] == ["1", "2"]
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def _state_edit(edit):
+    def damage(run):
+        state = json.loads((run / "state.json").read_text())
+        edit(state)
+        (run / "state.json").write_text(json.dumps(state))
+    return damage
+
+
+DAMAGE = {
+    "state.json truncated": (lambda run: _truncate(run / "state.json"), "state.json is damaged (JSONDecodeError"),
+    "state.json garbled": (lambda run: (run / "state.json").write_bytes(b"\x00\xff[1, 2"), "state.json is damaged"),
+    "state.json a list": (lambda run: (run / "state.json").write_text("[1, 2]"),
+                          "state.json is damaged (holds a list, not an object)"),
+    "state.json without history": (_state_edit(lambda s: s.pop("history")), "state.json is damaged (lacks 'history')"),
+    "state.json with a bad count": (_state_edit(lambda s: s.update(epochs_completed=7)),
+                                    "state.json is damaged (7 epochs completed of 2, 1 history rows)"),
+    "checkpoint deleted": (lambda run: (run / "checkpoints" / "epoch-0001.keras").unlink(),
+                           "checkpoints/epoch-0001.keras, which"),
+    "checkpoint outside its folder": (_state_edit(lambda s: s.update(checkpoint="../config.json")),
+                                      "checkpoints/../config.json, which"),
+    "best checkpoint deleted": (lambda run: (run / "checkpoints" / "best-0001.keras").unlink(),
+                                "checkpoints/best-0001.keras, which"),
+    # last.keras and best.keras are hard links to these (a copied folder has copies, rebuilt on resume).
+    "last checkpoint truncated": (lambda run: _truncate(run / "checkpoints" / "epoch-0001.keras"),
+                                  "epoch-0001.keras is damaged (not a readable .keras file"),
+    "best checkpoint truncated": (lambda run: _truncate(run / "checkpoints" / "best-0001.keras", 0.9),
+                                  "best-0001.keras is damaged (not a whole .keras file"),
+    "config.json truncated": (lambda run: _truncate(run / "config.json"), "config.json is damaged (JSONDecodeError"),
+    "config.json without settings": (lambda run: (run / "config.json").write_text("{}"),
+                                     "config.json is damaged (it lacks 'settings')"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_run_folder_is_named_in_one_line_and_left_as_it_is(case, unfinished_run, tiny_cifar, tmp_path,
+                                                                     capsys):
+    root, _ = tiny_cifar
+    run = copy_run(unfinished_run, tmp_path / "run")
+    damage, message = DAMAGE[case]
+    damage(run)
+    before = snapshot(run)
+    capsys.readouterr()
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
+    line = one_error_line(capsys)
+    assert message in line and str(run) in line
+    assert f"nothing in {run} was changed" in line and "another --run-dir" in line
+    assert snapshot(run) == before
+
+
+def test_a_damaged_metrics_file_says_how_to_evaluate_again(unfinished_run, tiny_cifar, tmp_path, capsys):
+    root, _ = tiny_cifar
+    run = copy_run(unfinished_run, tmp_path / "run")
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 0
+    _truncate(run / "metrics.json")
+    before = snapshot(run)
+    capsys.readouterr()
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
+    line = one_error_line(capsys)
+    assert "metrics.json is damaged" in line and "delete that file and run the same command again" in line
+    assert snapshot(run) == before
+    (run / "metrics.json").unlink()
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 0  # as the message says
+    assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == 2
+
+
+def test_a_second_process_on_a_run_folder_is_refused_with_the_owners_pid(unfinished_run, tiny_cifar, tmp_path,
+                                                                          capsys):
+    import runlock
+    root, _ = tiny_cifar
+    run = copy_run(unfinished_run, tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, runlock\n"
+                               "with runlock.hold(sys.argv[1]):\n print('held', flush=True); time.sleep(120)", str(run)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(run)
+        capsys.readouterr()
+        assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
+        line = one_error_line(capsys)
+        assert f"{run} is in use by another process (pid {holder.pid})" in line and "another --run-dir" in line
+        assert snapshot(run) == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 0  # the lock died with its process
+    assert not runlock.lock_path(run).exists()
+
+
+def test_two_trainings_started_at_once_one_trains_and_one_is_refused(tiny_cifar, tmp_path):
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    command = [sys.executable, "train.py", *tiny_args(root, run, "--epochs", "3")]
+    procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    refused = [err for code, _, err in results if code == 2]
+    # Either the second one found the folder in use, or it started after the first finished.
+    if codes == [0, 2]:
+        assert "is in use by another process (pid" in refused[0] and "Traceback" not in refused[0]
+    else:
+        assert codes == [0, 0] and any("already finished" in out for _, out, _ in results)
+    assert [int(r["epoch"]) for r in read_history(run)] == [1, 2, 3]
+
+
+def test_a_series_and_an_ensemble_output_are_owned_by_one_process(tiny_cifar, unfinished_run, tmp_path, capsys):
+    import ensemble
+    import runlock
+    import series
+    root, _ = tiny_cifar
+    out = tmp_path / "series"
+    out.mkdir()
+    with runlock.hold(out):
+        with pytest.raises(train.TrainError, match=f"{out} is in use by another process \\(pid {os.getpid()}\\)"):
+            series.run_grid("lenet", {"a": {}}, [0], out, data_dir=root, epochs=1, val_split=40, batch_size=32)
+    assert not (out / "runs").exists()
+    report = tmp_path / "ensemble.json"
+    with runlock.hold(report):
+        assert ensemble.main([str(unfinished_run), "--data-dir", str(root), "--out", str(report)]) == 2
+    assert f"{report} is in use by another process (pid {os.getpid()})" in one_error_line(capsys)
+    assert not report.exists()
+
+
+def _enospc_on(monkeypatch, name_part):
+    """save_model fails with a full disk on the files whose name contains `name_part`, after half a file."""
+    import errno
+    original = train.save_model
+
+    def save_model(model, path):
+        if name_part in Path(path).name:
+            tmp = Path(path).with_name(f".{Path(path).stem}.tmp.keras")
+            tmp.write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+        return original(model, path)
+
+    monkeypatch.setattr(train, "save_model", save_model)
+
+
+@pytest.mark.parametrize("failing", ["epoch-0002", "best-0002"])
+def test_a_full_disk_stops_with_one_line_and_the_folder_at_its_last_commit(failing, unfinished_run, tiny_cifar,
+                                                                           tmp_path, capsys, monkeypatch):
+    root, _ = tiny_cifar
+    run = copy_run(unfinished_run, tmp_path / "run")
+    before = snapshot(run)
+    _enospc_on(monkeypatch, failing)
+    # best-0002 is only written if epoch 2 is the best: make it so.
+    state = json.loads((run / "state.json").read_text())
+    state["best"]["val_accuracy"] = -1.0
+    (run / "state.json").write_text(json.dumps(state))
+    before = snapshot(run)
+    capsys.readouterr()
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
+    line = one_error_line(capsys)
+    assert f"the disk holding {run} is full (" in line and "MiB free): could not write" in line
+    assert "as it was after epoch 1" in line and "run the same command again to resume" in line
+    after = snapshot(run)
+    assert after == before, sorted(set(after) ^ set(before))
+    monkeypatch.undo()
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 0
+    assert [r["epoch"] for r in read_history(run)] == ["1", "2"]
+
+
+def _mount_tmpfs(path, size):
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip() or result.returncode})")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_really_full_disk_stops_with_one_line(tiny_cifar, tmp_path):
+    """A real process on a 1.1 MB file system: one epoch's checkpoints (~0.8 MB) fit, the next epoch's do not."""
+    root, _ = tiny_cifar
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "1100k")
+    try:
+        run = disk / "run"
+        result = subprocess.run([sys.executable, "train.py", *tiny_args(root, run, "--epochs", "6")], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"the disk holding {run} is full" in errors[0], result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        state = json.loads((run / "state.json").read_text())
+        assert f"as it was after epoch {state['epochs_completed']}" in errors[0]
+        left = {p.name for p in (run / "checkpoints").iterdir()}
+        assert left == {state["checkpoint"], state["best"]["checkpoint"]} and not list(run.rglob(".*.tmp*"))
+        train.RunFolder(run).load_model(Path("checkpoints") / state["checkpoint"])  # intact
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_resuming_on_other_data_is_refused_and_a_moved_copy_is_not(unfinished_run, tiny_cifar, tmp_path, capsys):
+    import shutil
+    from cifar_files import write_cifar_folder
+    root, _ = tiny_cifar
+    run = copy_run(unfinished_run, tmp_path / "run")
+    other = tmp_path / "other"
+    write_cifar_folder(other, seed=1)  # the same shape and counts, other pixels and labels
+    before = snapshot(run)
+    capsys.readouterr()
+    assert train.main(tiny_args(other, run, "--epochs", "2")) == 2
+    line = one_error_line(capsys)
+    assert f"{run} was trained on other data (sha256: " in line and str(root) in line
+    assert snapshot(run) == before
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    assert train.main(tiny_args(moved, run, "--epochs", "2")) == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--weight-decay", "inf"], "weight decay must be a finite number; got inf"),
+    (["--lr", "nan"], "lr must be a finite number; got nan"),
+    (["--mixup", "inf"], "mixup must be a finite number; got inf"),
+    (["--lr-factor", "0.1", "inf", "--lr-milestones", "1", "2"], "lr factor must be a finite number; got [0.1, inf]"),
+    (["--seed", "-1"], "seed must be a whole number from 0 to 4294967295; got -1"),
+    (["--seed", str(2**32)], "seed must be a whole number from 0 to 4294967295; got 4294967296"),
+    (["--split-seed", str(2**40)], "split seed must be a whole number from 0 to 4294967295"),
+    (["--val-split", "5"], "val split must be 0 (none) or a whole number of images from 10 (one per class)"),
+    (["--seeds", "0", "1", "0"], "seeds must differ (each is one run); 0 given more than once"),
+    (["--seeds", "0", "-3"], "seed must be a whole number from 0 to 4294967295; got -3"),
+    (["--devices", "0"], "--devices must be a positive whole number; got 0"),
+])
+def test_out_of_range_flags_are_refused_before_anything_is_read_or_written(extra, message, tmp_path, capsys):
+    """No data set exists at --data-dir: a flag checked after the data is read would say so instead."""
+    run = tmp_path / "run"
+    assert train.main(tiny_args(tmp_path / "no-data", run, *extra)) == 2
+    assert message in one_error_line(capsys)
+    assert not run.exists()
+
+
+def test_after_a_nan_with_nothing_committed_the_advice_works_in_the_same_folder(tiny_cifar, tmp_path, capsys):
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    assert train.main(tiny_args(root, run, "--epochs", "2", "--lr", "1e30", "--schedule", "constant")) == 2
+    line = one_error_line(capsys)
+    assert "No epoch was committed, so the same --run-dir takes other settings: try a lower --lr" in line
+    assert train.main(tiny_args(root, run, "--epochs", "2", "--lr", "0.01", "--schedule", "constant")) == 0
+    assert "no epoch of its earlier settings was committed; starting with the new ones (lr: 1e+30 there, 0.01 now" \
+        in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["settings"]["lr"] == 0.01
+
+
+def test_after_a_nan_with_epochs_committed_the_advice_names_another_folder(unfinished_run, tiny_cifar, tmp_path,
+                                                                            capsys, monkeypatch):
+    root, _ = tiny_cifar
+    run = copy_run(unfinished_run, tmp_path / "run")
+    monkeypatch.setattr(train.keras.callbacks.TerminateOnNaN, "on_batch_end",
+                        lambda self, batch, logs=None: setattr(self.model, "stop_training", True))
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
+    line = one_error_line(capsys)
+    assert "The last good model (epoch 1) is kept in" in line and "use another --run-dir" in line
