@@ -1,0 +1,106 @@
+"""Measured training throughput, per model and machine: OUT/throughput.csv.
+
+The not-yet-run rows of the table divide a recipe's training images by these figures; nothing
+there is guessed. A figure is measured by bench/train_speed.py's `measure`, which builds the model
+and its training step with train.py's own functions and times the steps after a warm-up, at the
+recipe's batch: the training steps only, so validation and the final evaluation come on top.
+"""
+
+import csv
+import importlib
+import shlex
+import time
+from pathlib import Path
+
+from results.runs import ResultsError, write_csv
+
+FIELDS = ("model", "machine", "images_per_second", "command", "measured")
+KINDS = ("CPU", "GPU")
+GPU_PREFIX = "GPU: "
+
+
+def kind(machine):
+    """"GPU" for a machine this module named after its GPU, "CPU" for train.machine()'s CPU names."""
+    return "GPU" if machine.startswith(GPU_PREFIX) else "CPU"
+
+
+def read(path):
+    """The rows of throughput.csv ([] where there is none), each checked."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ResultsError(f"cannot read {path}: {e}") from None
+    for i, row in enumerate(rows, start=2):
+        missing = [k for k in FIELDS if not row.get(k)]
+        if missing:
+            raise ResultsError(f"{path}, line {i}: no {', '.join(missing)}; columns: {', '.join(FIELDS)}")
+        try:
+            if not float(row["images_per_second"]) > 0:
+                raise ValueError
+        except ValueError:
+            raise ResultsError(f"{path}, line {i}: images_per_second must be a positive number, "
+                               f"not {row['images_per_second']!r}") from None
+    return rows
+
+
+def merge(rows, new):
+    """`rows` with each row of `new` replacing the one of the same model and machine (or added)."""
+    keyed = {(r["model"], r["machine"]): r for r in rows}
+    keyed.update({(r["model"], r["machine"]): r for r in new})
+    return sorted(keyed.values(), key=lambda r: (r["model"], r["machine"]))
+
+
+def latest(rows, model, machine_kind):
+    """The most recently measured row of `model` on a machine of `machine_kind`, or None."""
+    found = [r for r in rows if r["model"] == model and kind(r["machine"]) == machine_kind]
+    return max(found, key=lambda r: r["measured"]) if found else None
+
+
+def this_machine():
+    """The GPU the step runs on (one), named from TensorFlow's device details, or train.machine()'s CPU."""
+    import tensorflow as tf
+
+    import train
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return GPU_PREFIX + details.get("device_name", gpus[0].name)
+    return train.machine()
+
+
+def measure(name, batch=None, steps=100, warmup=5):
+    """Images per second of `name`'s training step at the recipe's batch (or `batch`), on one device."""
+    import distribute
+    import train
+
+    train_speed = importlib.import_module("bench.train_speed")
+    batch = batch or train.resolve_settings(name)[0]["batch_size"]
+    try:
+        result = train_speed.measure(name, batch, steps, warmup, devices=1)
+    except (train.TrainError, distribute.DistributeError) as e:
+        raise ResultsError(str(e)) from None
+    except SystemExit as e:  # train_speed refuses some settings this way, with its own "error: " line
+        raise ResultsError(str(e.code).removeprefix("error: ")) from None
+    return result["img_per_s"], batch
+
+
+def run(names, out, batch=None, steps=100, warmup=5):
+    """Measures each model, then writes `out` with their rows replacing earlier ones of this machine."""
+    out = Path(out)
+    rows = read(out)  # a garbled file is refused before minutes of measuring
+    machine, new = this_machine(), []
+    for name in names:
+        ips, used_batch = measure(name, batch, steps, warmup)
+        command = ["python", "-m", "results", "throughput", "--models", name, "--batch", str(used_batch),
+                   "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
+        new.append({"model": name, "machine": machine, "images_per_second": ips,
+                    "command": shlex.join(command), "measured": time.strftime("%Y-%m-%d")})
+        print(f"{name}: {ips:,.1f} images/s at batch {used_batch} on {machine}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(out, FIELDS, merge(rows, new))
+    return new

@@ -1,0 +1,298 @@
+"""python -m results: tiny runs made by train.main and a series, the table made from them checked
+against their metrics files, the copies, regeneration, the rebuilt commands and the error lines."""
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import data
+import models
+import series
+import train
+from conftest import ROOT
+from results import __main__ as cli
+from results import runs, table, throughput
+
+TINY = ["--val-split", "40", "--batch-size", "32"]
+# The series run's settings given as flags, in train.py's order.
+SCALE_COMMAND = "python train.py --model lenet --epochs 1 --batch-size 32 --preprocess scale --val-split 40"
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_cifar, tmp_path_factory):
+    """Two seeds of one recipe by train.main, one run by a series (no command recorded), and an
+    unfinished run of the first recipe (killed after epoch 1 of 2: no metrics.json)."""
+    root, _ = tiny_cifar
+    base = tmp_path_factory.mktemp("results-runs")
+    for seed in (0, 1):
+        run_dir = base / "exp" / f"lenet-seed{seed}"
+        assert train.main(["--model", "lenet", "--data-dir", str(root), "--run-dir", str(run_dir), *TINY,
+                           "--epochs", "2", "--seed", str(seed)]) == 0
+    series.run_grid("lenet", {"scale": {"preprocess": "scale"}}, [0], base / "tricks",
+                    dataset=data.load_cifar10(root, verbose=False), verbose=0, epochs=1, val_split=40, batch_size=32)
+    killed = base / "killed" / "lenet-seed1"
+    shutil.copytree(base / "exp" / "lenet-seed1", killed, ignore=shutil.ignore_patterns("metrics.json"))
+    config = json.loads((killed / "config.json").read_text())
+    config["created"] = "a later start"  # another run of the same recipe, not a copy of the finished one
+    (killed / "config.json").write_text(json.dumps(config, indent=2))
+    state = json.loads((killed / "state.json").read_text())
+    state["epochs_completed"], state["history"] = 1, state["history"][:1]
+    (killed / "state.json").write_text(json.dumps(state))
+    return base
+
+
+@pytest.fixture(scope="module")
+def built(tiny_runs, tmp_path_factory):
+    """OUT after one build naming all four run folders, and what the build printed."""
+    out = tmp_path_factory.mktemp("results-out") / "results"
+    argv = ["build", str(tiny_runs / "exp"), str(tiny_runs / "tricks" / "runs"), str(tiny_runs / "killed"),
+            "--out", str(out)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(argv) == 0
+    return out, printed.getvalue()
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def metrics_of(folder):
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def stats(values):
+    values = np.asarray(values) * 100
+    return round(float(values.mean()), 2), round(float(values.std(ddof=1)), 2)
+
+
+def test_rows_are_the_mean_and_std_of_the_runs_metrics(built, tiny_runs):
+    out, _ = built
+    rows = read_csv(out / "table.csv")
+    finished = [r for r in rows if r["status"] == "finished"]
+    assert [(r["model"], r["variant"], r["runs"]) for r in finished] == [
+        ("lenet", "exp", "2"), ("lenet", "tricks-scale", "1")]
+    row = finished[0]
+    m = [metrics_of(tiny_runs / "exp" / f"lenet-seed{s}") for s in (0, 1)]
+    assert (float(row["val_accuracy_mean"]), float(row["val_accuracy_std"])) == stats([x["val_accuracy"] for x in m])
+    assert (float(row["test_accuracy_mean"]), float(row["test_accuracy_std"])) == stats([x["test_accuracy"] for x in m])
+    last = stats([x["last_epoch_test_accuracy"] for x in m])
+    assert (float(row["last_epoch_test_accuracy_mean"]), float(row["last_epoch_test_accuracy_std"])) == last
+    assert float(row["wall_seconds_mean"]) == round(np.mean([x["wall_seconds"] for x in m]), 1)
+    speeds = [x["train_images_per_second"] for x in m]
+    assert float(row["train_images_per_second_median"]) == round(np.median(speeds), 1)
+    assert row["parameters"] == "62006" and row["epochs"] == "2" and row["batch"] == "32" and row["seeds"] == "0 1"
+    # The recipe's lr 0.01 scaled linearly to batch 32, its milestones (100, 150 of 200) to 2 epochs.
+    assert row["schedule"] == "step 0.0025, x0.5 at 1"
+    assert row["weight_decay"] == "0.0001" and row["precision"] == "float32"
+    assert row["machine"] == train.machine()
+    config = json.loads((tiny_runs / "exp" / "lenet-seed0" / "config.json").read_text())
+    assert row["data"].startswith("cifar-10-batches-py, 160/40/40 train/val/test images, ")
+    assert row["data"].endswith(f", val split {config['data']['val_indices_sha256'][:8]}")
+    assert "--seed S" in row["command"] and "lenet-seedS" in row["command"] and row["command"].endswith("(S = 0, 1)")
+    single = finished[1]
+    assert single["val_accuracy_std"] == "" and single["test_accuracy_std"] == ""  # one run has no spread
+    readme = (out / "README.md").read_text()
+    mean, std = stats([x["test_accuracy"] for x in m])
+    assert f"| {mean:.2f} ± {std:.2f} |" in readme and "validation split" in readme and "evaluated once" in readme
+
+
+def test_unfinished_run_is_listed_as_partial_and_not_averaged_in(built, tiny_runs):
+    out, printed = built
+    (entry,) = read_csv(out / "partial.csv")
+    assert entry["run_id"] == runs.run_id(tiny_runs / "killed" / "lenet-seed1" / "config.json")
+    assert {k: entry[k] for k in ("name", "model", "epochs_completed", "epochs")} == {
+        "name": "lenet-killed-seed1", "model": "lenet", "epochs_completed": "1", "epochs": "2"}
+    assert "unfinished, not in the table: lenet-killed-seed1 (epoch 1 of 2)" in printed
+    assert "| lenet-killed-seed1 | lenet | 1 of 2 |" in (out / "README.md").read_text()
+    assert not (out / "runs" / "lenet-killed-seed1").exists()
+    assert sum(int(r["runs"]) for r in read_csv(out / "table.csv")) == 3
+
+
+def test_copies_hold_exactly_the_three_small_files(built, tiny_runs):
+    out, _ = built
+    sources = {"lenet-exp-seed0": tiny_runs / "exp" / "lenet-seed0",
+               "lenet-exp-seed1": tiny_runs / "exp" / "lenet-seed1",
+               "lenet-tricks-scale-seed0": tiny_runs / "tricks" / "runs" / "scale-seed0"}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(sources)
+    for name, source in sources.items():
+        copied = out / "runs" / name
+        assert sorted(p.name for p in copied.iterdir()) == ["config.json", "history.csv", "metrics.json"]
+        assert all((copied / f).read_bytes() == (source / f).read_bytes() for f in runs.SMALL_FILES)
+
+
+def test_regenerating_from_out_alone_gives_the_same_table(built, tmp_path, tiny_runs):
+    out, _ = built
+    again = tmp_path / "results"
+    again.mkdir()
+    shutil.copytree(out / "runs", again / "runs")
+    shutil.copy(out / "partial.csv", again / "partial.csv")
+    assert cli.main(["build", "--out", str(again)]) == 0
+    for name in ("table.csv", "README.md"):
+        assert (again / name).read_text() == (out / name).read_text(), name
+    # Naming the same folders again refreshes their copies under the same names.
+    assert cli.main(["build", str(tiny_runs / "exp"), "--out", str(again)]) == 0
+    assert sorted(p.name for p in (again / "runs").iterdir()) == sorted(p.name for p in (out / "runs").iterdir())
+    assert (again / "table.csv").read_text() == (out / "table.csv").read_text()
+    assert cli.main(["build", "--no-all-models", "--out", str(again)]) == 0
+    assert {r["status"] for r in read_csv(again / "table.csv")} == {"finished"}
+
+
+def test_a_different_run_with_a_taken_name_gets_a_suffix(tiny_runs, tmp_path):
+    other = tmp_path / "exp" / "lenet-seed0"
+    shutil.copytree(tiny_runs / "exp" / "lenet-seed0", other, ignore=shutil.ignore_patterns("*.keras", "checkpoints"))
+    config = json.loads((other / "config.json").read_text())
+    config["created"] = "another machine, another day"
+    (other / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    given = runs.load_given([tiny_runs / "exp" / "lenet-seed0", other])
+    assert runs.update_out(given, out)[0] == ["lenet-exp-seed0", "lenet-exp-seed0-2"]
+    assert runs.update_out(runs.load_given([other]), out)[0] == ["lenet-exp-seed0-2"]  # keeps its name
+
+
+def test_older_runs_without_the_newer_records(built, tmp_path):
+    """Runs finished before metrics.json had the last epoch's accuracy and the machines: "—" and
+    "not recorded", and a mean over the runs that have it, said so."""
+    out, _ = built
+    old = tmp_path / "results"
+    shutil.copytree(out / "runs", old / "runs")
+    path = old / "runs" / "lenet-exp-seed1" / "metrics.json"
+    m = json.loads(path.read_text())
+    del m["last_epoch_test_accuracy"], m["machines"]
+    path.write_text(json.dumps(m))
+    assert cli.main(["build", "--no-all-models", "--out", str(old)]) == 0
+    row = read_csv(old / "table.csv")[0]
+    kept = metrics_of(out / "runs" / "lenet-exp-seed0")["last_epoch_test_accuracy"]
+    assert row["last_epoch_test_runs"] == "1" and float(row["last_epoch_test_accuracy_mean"]) == round(kept * 100, 2)
+    assert row["machine"] == f"{train.machine()}; not recorded (1 run)"
+    assert f"| {kept * 100:.2f} (1 of 2 runs) |" in (old / "README.md").read_text()
+    path = old / "runs" / "lenet-exp-seed0" / "metrics.json"
+    m = json.loads(path.read_text())
+    del m["last_epoch_test_accuracy"], m["machines"]
+    path.write_text(json.dumps(m))
+    assert cli.main(["build", "--no-all-models", "--out", str(old)]) == 0
+    row = read_csv(old / "table.csv")[0]
+    assert row["last_epoch_test_accuracy_mean"] == "" and row["machine"] == "not recorded"
+    assert "| lenet (exp) | " in (old / "README.md").read_text() and " | — |\n" in (old / "README.md").read_text()
+
+
+def test_series_runs_of_several_seeds_share_one_command_with_s(tiny_runs):
+    run = runs.load_run(tiny_runs / "tricks" / "runs" / "scale-seed0")
+    other = runs.Run(run.path, json.loads(json.dumps(run.config)), run.metrics, None, "x")
+    other.config["settings"]["seed"] = 4
+    assert table.row_commands([run, other]) == [
+        f"{SCALE_COMMAND} --seed S (S = 0, 4)"]
+
+
+def round_trip(config):
+    tokens = table.reconstructed_command(config)
+    assert tokens[0] == "train.py"
+    args = train.build_parser().parse_args(tokens[1:])
+    overrides = {k: v for k, v in vars(args).items() if k in train.SETTINGS and v is not None}
+    return train.resolve_settings(args.model, **overrides)[0]
+
+
+def test_the_rebuilt_command_of_a_series_run_resolves_to_its_settings(built, tiny_runs):
+    out, _ = built
+    config = json.loads((tiny_runs / "tricks" / "runs" / "scale-seed0" / "config.json").read_text())
+    assert config["command"] is None
+    assert round_trip(config) == config["settings"]
+    row = next(r for r in read_csv(out / "table.csv") if r["variant"] == "tricks-scale")
+    assert row["command"] == f"{SCALE_COMMAND} --seed 0"
+    for seed in (0, 1):  # train.main's runs too, from their settings alone
+        config = json.loads((tiny_runs / "exp" / f"lenet-seed{seed}" / "config.json").read_text())
+        assert round_trip(config) == config["settings"]
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(seed=3),
+    dict(schedule="htd", htd_bounds=[-5.0, 2.5], nesterov=False, epochs=30, seed=1),
+    dict(lr_milestones=[3, 7], lr_factor=[0.5, 0.25], warmup_epochs=1.5, weight_decay=5e-4, lr=0.03),
+    dict(schedule="cosine", min_lr=1e-5, batch_size=64, schedule_per="epoch", mixup=0.2, cutout=16),
+    dict(schedule="exponential", lr_gamma=0.9, augment="none", preprocess="scale", val_split=0, label_smoothing=0.1),
+])
+def test_rebuilt_commands_resolve_to_the_same_settings(overrides):
+    settings, sources = train.resolve_settings("resnet20", **overrides)
+    assert round_trip({"settings": settings, "sources": sources, "command": None}) == settings
+
+
+def one_line_error(capsys, argv):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_input_is_refused_with_one_line(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert "does not exist" in one_line_error(capsys, ["build", str(tmp_path / "nowhere"), "--out", str(out)])
+    (tmp_path / "empty").mkdir()
+    assert "holds no run" in one_line_error(capsys, ["build", str(tmp_path / "empty"), "--out", str(out)])
+    garbled = tmp_path / "garbled"
+    shutil.copytree(tiny_runs / "exp" / "lenet-seed0", garbled, ignore=shutil.ignore_patterns("*.keras", "checkpoints"))
+    (garbled / "metrics.json").write_text('{"val_accuracy": 0.5,')
+    assert "metrics.json is not valid JSON" in one_line_error(capsys, ["build", str(garbled), "--out", str(out)])
+    (garbled / "config.json").write_text('{"settings": {}}')
+    err = one_line_error(capsys, ["build", str(garbled), "--out", str(out)])
+    assert "is not the config.json of a train.py run" in err
+    assert not out.exists()  # nothing written for refused input
+    err = one_line_error(capsys, ["throughput", "--models", "lenet5", "--out", str(out / "t.csv")])
+    assert "unknown model 'lenet5'" in err
+
+
+def test_a_real_process_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "results", "build", str(tmp_path / "nowhere")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == f"error: {tmp_path / 'nowhere'} does not exist\n"
+
+
+def test_charts_are_written(built):
+    out, _ = built
+    for name in ("accuracy_vs_time.png", "curves.png"):
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
+
+
+def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
+    """A real measurement (a couple of steps), then the not-yet-run row's estimate divided by it."""
+    out = tmp_path / "results"
+    csv_path = out / "throughput.csv"
+    assert cli.main(["throughput", "--models", "lenet", "--steps", "2", "--warmup", "1", "--out", str(csv_path)]) == 0
+    (row,) = read_csv(csv_path)
+    ips = float(row["images_per_second"])
+    assert row["model"] == "lenet" and row["machine"] == train.machine() and ips > 0
+    assert row["command"].startswith("python -m results throughput --models lenet --batch 128 --steps 2")
+    gpu = {"model": "lenet", "machine": "GPU: Example GPU", "images_per_second": "100000.0",
+           "command": "by hand, for this test", "measured": "2026-01-01"}
+    runs.write_csv(csv_path, throughput.FIELDS, throughput.merge(read_csv(csv_path), [gpu]))
+    assert cli.main(["build", "--out", str(out)]) == 0
+    rows = {r["model"]: r for r in read_csv(out / "table.csv")}
+    assert len(rows) == len(models.list_models()) and {r["status"] for r in rows.values()} == {"not yet run"}
+    images = 200 * (50_000 - 5_000)  # LeNet's recipe: 200 epochs, 5,000 validation images
+    assert float(rows["lenet"]["estimated_hours_cpu"]) == round(images / ips / 3600, 2)
+    assert float(rows["lenet"]["estimated_hours_gpu"]) == round(images / 100_000 / 3600, 2)
+    assert rows["resnet20"]["cpu_measurement"] == rows["resnet20"]["gpu_measurement"] == "not measured"
+    assert "| resnet20 | 200 | step 0.1, x0.1 at 81, 122 | 128 | 0.0001 | not measured | not measured |" in \
+        (out / "README.md").read_text()
+
+
+def test_a_second_build_into_the_same_folder_is_refused_while_one_runs(built, tmp_path, capsys):
+    import os
+
+    import runlock
+    out = tmp_path / "results"
+    shutil.copytree(built[0], out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with runlock.hold(out):
+        assert cli.main(["build", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} is in use by another process (pid {os.getpid()})" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
