@@ -1,11 +1,14 @@
-"""CIFAR-10 on disk -> validated uint8 arrays -> tf.data pipelines.
+"""CIFAR-10 and CIFAR-100 on disk -> validated uint8 arrays -> tf.data pipelines.
 
 Finding the data (`find_source`), in this order:
-  1. `data_dir` (the `--data-dir` flag): a folder holding `cifar-10-batches-py/`, that folder
-     itself, a folder holding `cifar-10-python.tar.gz`, or the archive's own path;
-  2. `$CIFAR10_DIR`, read the same way;
+  1. `data_dir` (the `--data-dir` flag): a folder holding `cifar-10-batches-py/` (CIFAR-100:
+     `cifar-100-python/`), that folder itself, a folder holding the archive
+     (`cifar-10-python.tar.gz`, `cifar-100-python.tar.gz`), or the archive's own path;
+  2. `$CIFAR10_DIR` (`$CIFAR100_DIR`), read the same way;
   3. Keras' cache (`$KERAS_HOME` or `~/.keras`, under `datasets/`);
   4. the official archive, downloaded once into Keras' cache with its md5 checked.
+The data sets differ in files, label keys and constants only: DATASETS holds what differs.
+CIFAR-100 has 100 fine and 20 coarse classes (`labels="fine"` or `"coarse"`).
 
 Reading never executes a pickle: the batch files are unpickled with an unpickler that knows
 numpy's array reconstruction and Python 3's pickled bytes, and nothing else. What was read is
@@ -48,11 +51,15 @@ IMAGE_SHAPE = (32, 32, 3)
 OFFICIAL_COUNTS = {"train": 50000, "test": 10000}
 
 # Per-channel (R, G, B) mean and standard deviation of the 50,000 official training images,
-# in [0, 1] units: the values used across the CIFAR literature (e.g. kuangliu/pytorch-cifar).
-# Fixed rather than recomputed per run so that every run, and every member of an ensemble,
-# sees identical inputs. tests/test_data.py checks them against the real set where present.
+# in [0, 1] units (the standard deviation over all pixels of a channel; some repositories quote
+# (0.2023, 0.1994, 0.2010), the mean of per-image deviations, instead). Fixed rather than
+# recomputed per run so that every run, and every member of an ensemble, sees identical inputs.
+# tests/test_data.py checks them against the real set where present.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# The same two for CIFAR-100's 50,000 official training images, computed the same way.
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 PREPROCESSING = ("standardize", "scale")  # (x - mean) / std, or x / 255
 # standard: pad 4 + random 32x32 crop + random flip (He et al. 2016); none; kaggle: the colour and
 # scale augmentation of the Kaggle MXNet/Gluon reference (random-resized crop of 64-100 % of the
@@ -65,6 +72,69 @@ KAGGLE_HUE = 0.05            # hue shift in [-h, h] turns
 PAD = 4
 
 CACHE_VERSION = 1
+
+CIFAR100_FINE = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm")
+CIFAR100_COARSE = (
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
+    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
+    "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "large_omnivores_and_herbivores",
+    "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees",
+    "vehicles_1", "vehicles_2")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What tells one CIFAR data set from the other: its files, where it comes from, its labels."""
+    name: str          # as --dataset takes it
+    title: str         # as messages write it
+    archive: str       # the official archive's file name
+    folder: str        # the folder the archive holds the batch files in
+    train_files: tuple
+    test_files: tuple
+    url: str
+    md5: str           # of the official archive
+    env: str           # the environment variable naming a local copy
+    labels: dict       # --labels -> (the batch files' key, the class names)
+    mean: tuple
+    std: tuple
+
+    def class_names(self, labels="fine"):
+        if labels not in self.labels:
+            raise DataError(f"{self.title} has {' and '.join(self.labels)} labels, not {labels!r}")
+        return self.labels[labels][1]
+
+    def num_classes(self, labels="fine"):
+        return len(self.class_names(labels))
+
+
+DATASETS = {
+    "cifar10": DatasetSpec("cifar10", "CIFAR-10", ARCHIVE_NAME, BATCHES_DIR, TRAIN_BATCHES, (TEST_BATCH,),
+                           OFFICIAL_URL, OFFICIAL_MD5, "CIFAR10_DIR", {"fine": ("labels", CLASS_NAMES)},
+                           CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": DatasetSpec("cifar100", "CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python", ("train",),
+                            ("test",), "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                            "eb9058c3a382ffc7106e4002c42a8d85", "CIFAR100_DIR",
+                            {"fine": ("fine_labels", CIFAR100_FINE), "coarse": ("coarse_labels", CIFAR100_COARSE)},
+                            CIFAR100_MEAN, CIFAR100_STD),
+}
+LABELS = ("fine", "coarse")
+
+
+def get_spec(dataset):
+    """The DatasetSpec of a --dataset name; DataError naming the known ones for any other."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[dataset]
 
 
 class DataError(Exception):
@@ -122,8 +192,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def parse_batch(raw: bytes, where: str):
-    """Parses one CIFAR batch pickle; returns (images uint8 NHWC, labels uint8)."""
+def parse_batch(raw: bytes, where: str, label_key="labels", num_classes=NUM_CLASSES):
+    """Parses one CIFAR batch pickle; returns (images uint8 NHWC, labels uint8) of its `label_key`."""
     try:
         batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
@@ -132,9 +202,9 @@ def parse_batch(raw: bytes, where: str):
     if not isinstance(batch, dict):
         raise DataError(f"{where}: not a CIFAR batch file (holds a {type(batch).__name__}, not a dict)")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    if "data" not in batch or "labels" not in batch:
-        raise DataError(f"{where}: missing 'data' or 'labels' (has {sorted(batch)})")
-    data, labels = batch["data"], batch["labels"]
+    if "data" not in batch or label_key not in batch:
+        raise DataError(f"{where}: missing 'data' or '{label_key}' (has {sorted(map(str, batch))})")
+    data, labels = batch["data"], batch[label_key]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
         kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{where}: 'data' must be a uint8 array; got {kind}")
@@ -143,25 +213,27 @@ def parse_batch(raw: bytes, where: str):
     try:
         labels = np.asarray(labels)
     except (TypeError, ValueError) as e:
-        raise DataError(f"{where}: 'labels' is not a list of integers ({e})") from None
+        raise DataError(f"{where}: '{label_key}' is not a list of integers ({e})") from None
     if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
-        raise DataError(f"{where}: 'labels' must be {len(data)} integers; got {labels.dtype} "
+        raise DataError(f"{where}: '{label_key}' must be {len(data)} integers; got {labels.dtype} "
                         f"with shape {labels.shape}")
-    _check_label_range(labels, where)
+    _check_label_range(labels, where, num_classes)
     # The rows are R, G and B planes of 32x32, row-major: NCHW -> NHWC as Keras' loader does.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.uint8)
 
 
-def _check_label_range(labels, where):
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{where}: labels must lie in 0..{NUM_CLASSES - 1}; "
+def _check_label_range(labels, where, num_classes=NUM_CLASSES):
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{where}: labels must lie in 0..{num_classes - 1}; "
                         f"found {labels.min()}..{labels.max()}")
 
 
-def _validate_split(split, images, labels, files):
+def _validate_split(split, images, labels, files, spec=None, label_set="fine"):
     """Checks a whole split, read from the batch files or from the cache: uint8 images (N, 32, 32, 3),
-    N uint8 labels in 0..9, every class present, and the official balance at the official size."""
+    N uint8 labels in 0..C-1, every class present, and the official balance at the official size."""
+    spec = spec or DATASETS["cifar10"]
+    names = spec.class_names(label_set)
     where = ", ".join(files)
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
             and images.shape[1:] == IMAGE_SHAPE):
@@ -170,81 +242,107 @@ def _validate_split(split, images, labels, files):
     if not (isinstance(labels, np.ndarray) and labels.dtype == np.uint8 and labels.shape == (len(images),)):
         kind = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else type(labels).__name__
         raise DataError(f"{where}: the {split} labels must be {len(images)} uint8 values; got {kind}")
-    _check_label_range(labels, where)
+    _check_label_range(labels, where, len(names))
     if len(images) == 0:
         raise DataError(f"{where}: the {split} set is empty")
-    counts = np.bincount(labels, minlength=NUM_CLASSES)
-    missing = [CLASS_NAMES[c] for c in range(NUM_CLASSES) if counts[c] == 0]
+    counts = np.bincount(labels, minlength=len(names))
+    missing = [names[c] for c in range(len(names)) if counts[c] == 0]
     if missing:
-        raise DataError(f"{where}: the {split} set has no images of class {', '.join(missing)}")
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"{where}: the {split} set has no images of class {shown}")
     if len(images) == OFFICIAL_COUNTS[split]:
-        expected = OFFICIAL_COUNTS[split] // NUM_CLASSES
+        expected = OFFICIAL_COUNTS[split] // len(names)
         if not (counts == expected).all():
-            raise DataError(f"{where}: a full CIFAR-10 {split} set has {expected} images per class; "
-                            f"got {counts.tolist()}")
+            raise DataError(f"{where}: a full {spec.title} {split} set has {expected} images per "
+                            f"{'coarse ' if label_set == 'coarse' else ''}class; got {counts.tolist()}")
+
+
+def _other_dataset(spec, present):
+    """The name of the other data set whose files `present` (names found) are, or None."""
+    for other in DATASETS.values():
+        if other is not spec and (other.folder in present or set(other.train_files) <= present):
+            return other
+    return None
+
+
+def _wrong_dataset(spec, where, present):
+    other = _other_dataset(spec, present)
+    if other is None:
+        return None
+    return DataError(f"{where} holds {other.title} ({other.folder}/), not {spec.title}: use --dataset {other.name}, "
+                     f"or give the {spec.title} archive ({spec.archive})")
 
 
 class _Folder:
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, path, spec):
+        self.path, self.spec = Path(path), spec
 
     def read(self, name):
         path = self.path / name
         if not path.is_file():
-            raise DataError(f"{path}: missing (expected the CIFAR-10 batch files {', '.join(TRAIN_BATCHES)}, "
-                            f"{TEST_BATCH} in {self.path})")
+            wrong = _wrong_dataset(self.spec, self.path, {p.name for p in self.path.iterdir()}
+                                   if self.path.is_dir() else set())
+            if wrong:
+                raise wrong
+            raise DataError(f"{path}: missing (expected the {self.spec.title} batch files "
+                            f"{', '.join((*self.spec.train_files, *self.spec.test_files))} in {self.path})")
         return path.read_bytes(), str(path)
 
 
 class _Archive:
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, path, spec):
+        self.path, self.spec = Path(path), spec
+        self.folders = set()
         try:
             with tarfile.open(self.path, "r:gz") as tar:
                 self.members = {}
                 for m in tar:  # reads the whole stream, so a truncated archive fails here
-                    if m.isfile() and m.size and Path(m.name).parent.name == BATCHES_DIR:
+                    self.folders.add(Path(m.name).parts[0] if Path(m.name).parts else "")
+                    if m.isfile() and m.size and Path(m.name).parent.name == spec.folder:
                         self.members[Path(m.name).name] = tar.extractfile(m).read()
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             raise DataError(f"{self.path}: truncated or corrupt archive ({type(e).__name__}: {e})") from None
 
     def read(self, name):
-        where = f"{self.path}:{BATCHES_DIR}/{name}"
+        where = f"{self.path}:{self.spec.folder}/{name}"
         if name not in self.members:
-            raise DataError(f"{where}: missing from the archive")
+            raise _wrong_dataset(self.spec, self.path, self.folders) or DataError(f"{where}: missing from the archive")
         return self.members[name], where
 
 
-def read_source(source):
-    """Reads and validates a CIFAR-10 folder or archive: (x_train, y_train, x_test, y_test)."""
+def read_source(source, spec=None, label_set="fine"):
+    """Reads and validates a CIFAR folder or archive: (x_train, y_train, x_test, y_test)."""
+    spec = spec or DATASETS["cifar10"]
+    label_key, names = spec.labels[label_set][0], spec.class_names(label_set)
     source = Path(source)
-    reader = _Archive(source) if source.is_file() else _Folder(source)
+    reader = _Archive(source, spec) if source.is_file() else _Folder(source, spec)
     splits = {}
-    for split, names in (("train", TRAIN_BATCHES), ("test", (TEST_BATCH,))):
+    for split, files_of_split in (("train", spec.train_files), ("test", spec.test_files)):
         parts, files = [], []
-        for name in names:
+        for name in files_of_split:
             raw, where = reader.read(name)
-            parts.append(parse_batch(raw, where))
+            parts.append(parse_batch(raw, where, label_key, len(names)))
             files.append(where)
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
-        _validate_split(split, images, labels, files)
+        _validate_split(split, images, labels, files, spec, label_set)
         splits[split] = (images, labels)
     return (*splits["train"], *splits["test"])
 
 
 # --------------------------------------------------------------------------- finding
 
-def _resolve(path):
+def _resolve(path, spec=None):
     """The folder of batch files or the archive that `path` designates, or None."""
+    spec = spec or DATASETS["cifar10"]
     path = Path(path).expanduser()
     if path.is_file():
         return path
-    for candidate in (path / BATCHES_DIR, path):
-        if (candidate / TEST_BATCH).is_file() or (candidate / TRAIN_BATCHES[0]).is_file():
+    for candidate in (path / spec.folder, path):
+        if (candidate / spec.test_files[0]).is_file() or (candidate / spec.train_files[0]).is_file():
             return candidate
-    if (path / ARCHIVE_NAME).is_file():
-        return path / ARCHIVE_NAME
+    if (path / spec.archive).is_file():
+        return path / spec.archive
     return None
 
 
@@ -252,18 +350,21 @@ def keras_cache_dir():
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets"
 
 
-def _keras_cache_candidates():
+def _keras_cache_candidates(spec=None):
+    spec = spec or DATASETS["cifar10"]
     cache = keras_cache_dir()
-    # Keras 3 extracts to cifar-10-batches-py-target/; Keras 2 extracted to cifar-10-batches-py/.
-    return [cache / "cifar-10-batches-py-target", cache / BATCHES_DIR, cache / ARCHIVE_NAME]
+    # Keras 3 extracts to cifar-10-batches-py-target/ (cifar-100-python-target/); Keras 2 extracted
+    # to cifar-10-batches-py/ (cifar-100-python/).
+    return [cache / f"{spec.folder}-target", cache / spec.folder, cache / spec.archive]
 
 
-def download(url=OFFICIAL_URL, md5=OFFICIAL_MD5, dest_dir=None, timeout=30):
+def download(url=OFFICIAL_URL, md5=OFFICIAL_MD5, dest_dir=None, timeout=30, spec=None):
     """Downloads the archive into Keras' cache, checks its md5 and returns its path."""
+    spec = spec or DATASETS["cifar10"]
     dest_dir = Path(dest_dir or keras_cache_dir())
-    dest = dest_dir / ARCHIVE_NAME
+    dest = dest_dir / spec.archive
     dest_dir.mkdir(parents=True, exist_ok=True)
-    print(f"Downloading CIFAR-10 from {url} to {dest}", flush=True)
+    print(f"Downloading {spec.title} from {url} to {dest}", flush=True)
     digest = hashlib.md5()
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".download-")
     try:
@@ -289,33 +390,39 @@ def download(url=OFFICIAL_URL, md5=OFFICIAL_MD5, dest_dir=None, timeout=30):
     return dest
 
 
-def find_source(data_dir=None, allow_download=True, url=None):
+def find_source(data_dir=None, allow_download=True, url=None, spec=None):
     """The folder or archive to read, searched in the documented order; may download."""
+    spec = spec or DATASETS["cifar10"]
     looked = []
-    for label, path in (("--data-dir", data_dir), ("$CIFAR10_DIR", os.environ.get("CIFAR10_DIR"))):
+    for label, path in (("--data-dir", data_dir), (f"${spec.env}", os.environ.get(spec.env))):
         if path:
-            found = _resolve(path)
+            found = _resolve(path, spec)
             if found is None:
-                raise DataError(f"{label} {path}: no CIFAR-10 there (expected {BATCHES_DIR}/ with the "
-                                f"batch files, or {ARCHIVE_NAME})")
+                wrong = _wrong_dataset(spec, f"{label} {path}", {p.name for p in Path(path).iterdir()}
+                                       if Path(path).is_dir() else set())
+                if wrong:
+                    raise wrong
+                raise DataError(f"{label} {path}: no {spec.title} there (expected {spec.folder}/ with the "
+                                f"batch files, or {spec.archive})")
             return found
         looked.append(f"{label} (not given)")
-    for candidate in _keras_cache_candidates():
-        found = _resolve(candidate) if candidate.exists() else None
+    for candidate in _keras_cache_candidates(spec):
+        found = _resolve(candidate, spec) if candidate.exists() else None
         if found is not None:
             return found
         looked.append(str(candidate))
-    url = url or os.environ.get("CIFAR10_URL") or OFFICIAL_URL
+    url_env = spec.env.replace("_DIR", "_URL")
+    url = url or os.environ.get(url_env) or spec.url
     if allow_download:
         try:
-            return download(url)
+            return download(url, spec.md5, spec=spec)
         except DataError as e:
             looked.append(f"download: {e}")
     else:
         looked.append("download: disabled")
-    raise DataError("CIFAR-10 not found; looked in: " + "; ".join(looked) + f". Download {OFFICIAL_URL} "
+    raise DataError(f"{spec.title} not found; looked in: " + "; ".join(looked) + f". Download {spec.url} "
                     "and pass --data-dir (the archive, or the folder holding it or "
-                    f"{BATCHES_DIR}/), or set CIFAR10_DIR")
+                    f"{spec.folder}/), or set {spec.env}")
 
 
 # --------------------------------------------------------------------------- caching
@@ -327,9 +434,12 @@ def cache_root():
     return Path(base) / "cifar10-keras"
 
 
-def _fingerprint(source):
-    files = [source] if source.is_file() else [source / n for n in (*TRAIN_BATCHES, TEST_BATCH)]
+def _fingerprint(source, spec=None, label_set="fine"):
+    spec = spec or DATASETS["cifar10"]
+    files = [source] if source.is_file() else [source / n for n in (*spec.train_files, *spec.test_files)]
     parts = [CACHE_VERSION, str(source.resolve())]
+    if spec.name != "cifar10" or label_set != "fine":  # CIFAR-10's caches keep the names they had
+        parts += [spec.name, label_set]
     for f in files:
         if f.is_file():  # a missing file is reported by the read that follows
             st = f.stat()
@@ -365,7 +475,7 @@ def _save_cache(folder, arrays, source):
             raise
 
 
-def _load_cache(folder):
+def _load_cache(folder, spec=None, label_set="fine"):
     """(arrays, None), or (None, why not): every array must match what the manifest recorded when
     the cache was written (dtype, shape, sha256) and pass the checks the source passed."""
     try:
@@ -386,7 +496,7 @@ def _load_cache(folder):
         arrays.append(array)
     try:
         for split, images, labels in (("train", *arrays[:2]), ("test", *arrays[2:])):
-            _validate_split(split, images, labels, [f"x_{split}.npy", f"y_{split}.npy"])
+            _validate_split(split, images, labels, [f"x_{split}.npy", f"y_{split}.npy"], spec, label_set)
     except DataError as e:
         return None, str(e)
     return tuple(arrays), None
@@ -408,35 +518,57 @@ def _discard_cache(folder):
 
 @dataclass
 class Cifar10:
+    """A loaded data set: CIFAR-10, or CIFAR-100 with its fine or coarse labels."""
     x_train: np.ndarray  # uint8 (N, 32, 32, 3)
     y_train: np.ndarray  # uint8 (N,)
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    dataset: str = "cifar10"
+    labels: str = "fine"
+
+    @property
+    def spec(self):
+        return DATASETS[self.dataset]
+
+    @property
+    def class_names(self):
+        return self.spec.class_names(self.labels)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
 
 
-def load_cifar10(data_dir=None, allow_download=True, url=None, verbose=True):
-    """Finds, reads, validates and caches CIFAR-10; see the module docstring."""
-    source = find_source(data_dir, allow_download, url)
-    folder = cache_root() / _fingerprint(source)
+def load(dataset="cifar10", labels="fine", data_dir=None, allow_download=True, url=None, verbose=True):
+    """Finds, reads, validates and caches a CIFAR data set; see the module docstring."""
+    spec = get_spec(dataset)
+    spec.class_names(labels)  # CIFAR-10 has no coarse labels: refused before anything is read
+    source = find_source(data_dir, allow_download, url, spec)
+    folder = cache_root() / _fingerprint(source, spec, labels)
     arrays = None
     if folder.is_dir():
-        arrays, why = _load_cache(folder)
+        arrays, why = _load_cache(folder, spec, labels)
         if arrays is None:
-            print(f"warning: CIFAR-10 cache {folder} not used ({' '.join(why.split())}); reading {source} again",
+            print(f"warning: {spec.title} cache {folder} not used ({' '.join(why.split())}); reading {source} again",
                   flush=True)
             _discard_cache(folder)
     if arrays is None:
         start = time.perf_counter()
-        arrays = read_source(source)
+        arrays = read_source(source, spec, labels)
         try:
             _save_cache(folder, arrays, source)
         except OSError as e:
-            print(f"warning: could not cache CIFAR-10 in {folder} ({e}); it will be read again next time")
+            print(f"warning: could not cache {spec.title} in {folder} ({e}); it will be read again next time")
         if verbose:
-            print(f"Read CIFAR-10 from {source} in {time.perf_counter() - start:.1f} s "
+            print(f"Read {spec.title} from {source} in {time.perf_counter() - start:.1f} s "
                   f"(cached in {folder})", flush=True)
-    return Cifar10(*arrays, source=str(source))
+    return Cifar10(*arrays, source=str(source), dataset=dataset, labels=labels)
+
+
+def load_cifar10(data_dir=None, allow_download=True, url=None, verbose=True):
+    """load("cifar10", ...)."""
+    return load("cifar10", "fine", data_dir, allow_download, url, verbose)
 
 
 # --------------------------------------------------------------------------- splitting
@@ -468,15 +600,17 @@ def _tf():
     return tf
 
 
-def preprocess(images, mode):
-    """uint8 (or float 0..255) images -> float32 network input, per `mode` (see PREPROCESSING)."""
+def preprocess(images, mode, dataset="cifar10"):
+    """uint8 (or float 0..255) images -> float32 network input, per `mode` (see PREPROCESSING),
+    with the normalisation constants of `dataset`."""
     tf = _tf()
     x = tf.cast(images, tf.float32) / 255.0
     if mode == "standardize":
+        spec = get_spec(dataset)
         # Constants of the image's whole shape where it is known: TensorFlow's CPU kernels broadcast
         # a [3] operand over the channels about 5 times slower. The same arithmetic either way.
-        shape = tuple(x.shape[1:]) if x.shape[1:].is_fully_defined() else (len(CIFAR10_MEAN),)
-        mean, std = (np.broadcast_to(np.float32(v), shape) for v in (CIFAR10_MEAN, CIFAR10_STD))
+        shape = tuple(x.shape[1:]) if x.shape[1:].is_fully_defined() else (len(spec.mean),)
+        mean, std = (np.broadcast_to(np.float32(v), shape) for v in (spec.mean, spec.std))
         return (x - tf.constant(mean)) / tf.constant(std)
     if mode == "scale":
         return x
@@ -599,7 +733,8 @@ def mixup_batch(images, labels, seed, alpha):
 
 
 def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", augment="none",
-                 cutout=0, mixup=0.0, flip=False, shuffle=False, seed=0, epoch=0):
+                 cutout=0, mixup=0.0, flip=False, shuffle=False, seed=0, epoch=0, dataset="cifar10",
+                 num_classes=NUM_CLASSES):
     """A tf.data pipeline of (float32 images, one-hot float32 labels) batches.
 
     For training, pass `shuffle=True` and the epoch: the order and the augmentation of each epoch
@@ -608,7 +743,8 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
     `images` and `labels` are arrays or tensors: a run that makes a pipeline each epoch passes
     tensors made once, so that the images are not copied into TensorFlow again every epoch.
     `cutout` (square side, 0 = off) and `mixup` (alpha, 0 = off) act after normalisation. `flip`
-    mirrors every image (for test-time augmentation).
+    mirrors every image (for test-time augmentation). `dataset` chooses the normalisation
+    constants, `num_classes` the one-hot width.
     """
     tf = _tf()
     if augment not in AUGMENTATIONS:
@@ -621,7 +757,7 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
         raise ValueError(f"mixup alpha must be >= 0 (0 = off); got {mixup!r}")
     order = epoch_order(len(images), seed, epoch, shuffle)
     x = tf.convert_to_tensor(images)
-    y = tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
+    y = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
     augment_seed = tf.constant([seed, epoch], tf.int64)
 
     # Plain Python branches on settings, traced once: no autograph, which would also re-read this
@@ -634,7 +770,7 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
             batch = augment_batch(batch, seeds[0])
         elif augment == "kaggle":
             batch = kaggle_augment_batch(batch, seeds[0])
-        batch = preprocess(batch, preprocess_mode)
+        batch = preprocess(batch, preprocess_mode, dataset)
         if flip:
             batch = tf.reverse(batch, axis=[2])
         if cutout:
@@ -697,7 +833,8 @@ class EpochBatches:
 
     AUGMENTATIONS = ("standard", "none")
 
-    def __init__(self, images, labels, *, preprocess_mode="standardize", augment="none", chunk=4096):
+    def __init__(self, images, labels, *, preprocess_mode="standardize", augment="none", chunk=4096,
+                 dataset="cifar10", num_classes=NUM_CLASSES):
         if augment not in self.AUGMENTATIONS:
             raise ValueError(f"EpochBatches computes augment 'standard' or 'none', not {augment!r}")
         tf = _tf()
@@ -705,7 +842,7 @@ class EpochBatches:
         margin = PAD + 1 if augment == "standard" else 0
         h, w, c = IMAGE_SHAPE
         # Normalised black, per channel: what the crop's zero padding becomes after normalisation.
-        black = preprocess(tf.zeros([1, h, w, c], tf.uint8), preprocess_mode).numpy()[0, 0, 0]
+        black = preprocess(tf.zeros([1, h, w, c], tf.uint8), preprocess_mode, dataset).numpy()[0, 0, 0]
         # Written in place in numpy, then handed to TensorFlow without a copy: memory new to the
         # process is slow to write the first time (seconds per GB on the virtual machines of
         # BENCHMARKS.md), so this is written once.
@@ -715,9 +852,9 @@ class EpochBatches:
                 border[:] = black
         for start in range(0, self.n, chunk):
             batch = tf.convert_to_tensor(images[start:start + chunk])
-            padded[start:start + chunk, margin:margin + h, margin:margin + w] = preprocess(batch, preprocess_mode).numpy()
+            padded[start:start + chunk, margin:margin + h, margin:margin + w] = preprocess(batch, preprocess_mode, dataset).numpy()
         self.images = tf.experimental.dlpack.from_dlpack(padded.__dlpack__())
-        self.labels = tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
+        self.labels = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
         self.margin = margin
 
     def dataset(self, batch_size, *, shuffle=False, seed=0, epoch=0):

@@ -110,3 +110,40 @@ def write_png_folder(folder, images, names, seed=0):
     for i in np.random.default_rng(seed).permutation(len(names)):
         (folder / names[i]).write_bytes(png_bytes(images[i]))
     return folder
+
+
+CIFAR100_FINE_NAMES = [f"fine{i:02d}".encode() for i in range(100)]
+CIFAR100_COARSE_NAMES = [f"coarse{i:02d}".encode() for i in range(20)]
+
+
+def write_cifar100_folder(root, train_per_class=2, test_per_class=1, seed=0):
+    """Writes root/cifar-100-python/ (train, test, meta as the official archive has them) and
+    returns (folder, (x_train, fine_train, coarse_train, x_test, fine_test, coarse_test)).
+    Fine class f belongs to coarse class f % 20, so that every coarse class has five fine ones."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True)
+    arrays = []
+    for name, per_class in (("train", train_per_class), ("test", test_per_class)):
+        fine = rng.permutation(np.repeat(np.arange(100), per_class)).astype(np.uint8)
+        coarse = (fine % 20).astype(np.uint8)
+        images = rng.integers(0, 256, (len(fine), 32, 32, 3), np.uint8)
+        record = {
+            b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(fine))],
+            b"batch_label": f"{name}ing batch 1 of 1".encode(),
+            b"fine_labels": [int(v) for v in fine],
+            b"coarse_labels": [int(v) for v in coarse],
+            b"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(images), 3072),
+        }
+        with open(folder / name, "wb") as f:
+            dump_py2(record, f)
+        arrays += [images, fine, coarse]
+    with open(folder / "meta", "wb") as f:
+        dump_py2({b"fine_label_names": CIFAR100_FINE_NAMES, b"coarse_label_names": CIFAR100_COARSE_NAMES}, f)
+    return folder, tuple(arrays)
+
+
+def write_archive_of(folder, archive_path):
+    """Packs a batch folder under its own name, as the official archives are packed."""
+    with tarfile.open(archive_path, "w:gz") as tar:
+        tar.add(folder, arcname=Path(folder).name)

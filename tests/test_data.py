@@ -9,12 +9,14 @@ import shutil
 import threading
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import data
-from cifar_files import dump_py2, write_archive, write_batch, write_cifar_folder
+from cifar_files import (dump_py2, write_archive, write_archive_of, write_batch,
+                         write_cifar100_folder, write_cifar_folder)
 
 
 def assert_arrays(loaded, expected):
@@ -434,6 +436,129 @@ def test_constants_match_the_real_training_set(real_archive):
     # The shared copy is partly JPEG-decoded, which blurs: the std comes out slightly lower.
     np.testing.assert_allclose(x.mean(axis=0), data.CIFAR10_MEAN, atol=3e-3)
     np.testing.assert_allclose(x.std(axis=0), data.CIFAR10_STD, atol=5e-3)
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+
+REAL_CIFAR100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-100-python.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar100(tmp_path_factory):
+    """cifar-100-python/ with 2 training and 1 test image per fine class, and its archive."""
+    root = tmp_path_factory.mktemp("tiny-cifar100")
+    folder, arrays = write_cifar100_folder(root)
+    archive = tmp_path_factory.mktemp("tiny-cifar100-archive") / "cifar-100-python.tar.gz"
+    write_archive_of(folder, archive)
+    return root, archive, arrays
+
+
+@pytest.mark.parametrize("labels", ["fine", "coarse"])
+def test_cifar100_loads_fine_or_coarse_labels_from_a_folder_or_the_archive(labels, tiny_cifar100):
+    root, archive, (x_train, fine_train, coarse_train, x_test, fine_test, coarse_test) = tiny_cifar100
+    expected_train, expected_test = (fine_train, fine_test) if labels == "fine" else (coarse_train, coarse_test)
+    for where in (root, root / "cifar-100-python", archive, archive.parent):
+        d = data.load("cifar100", labels, where, verbose=False)
+        np.testing.assert_array_equal(d.x_train, x_train)
+        np.testing.assert_array_equal(d.y_train, expected_train)
+        np.testing.assert_array_equal(d.x_test, x_test)
+        np.testing.assert_array_equal(d.y_test, expected_test)
+    assert (d.dataset, d.labels, d.num_classes) == ("cifar100", labels, 100 if labels == "fine" else 20)
+    assert d.class_names[:2] == (("apple", "aquarium_fish") if labels == "fine" else ("aquatic_mammals", "fish"))
+
+
+def test_cifar100_fine_and_coarse_labels_are_cached_apart(tiny_cifar100):
+    root, _, (_, fine_train, coarse_train, *_) = tiny_cifar100
+    for _ in range(2):  # the second time from the caches
+        np.testing.assert_array_equal(data.load("cifar100", "fine", root, verbose=False).y_train, fine_train)
+        np.testing.assert_array_equal(data.load("cifar100", "coarse", root, verbose=False).y_train, coarse_train)
+
+
+def test_the_official_names_and_constants_of_cifar100():
+    spec = data.get_spec("cifar100")
+    assert spec.num_classes("fine") == len(set(spec.class_names("fine"))) == 100
+    assert spec.num_classes("coarse") == len(set(spec.class_names("coarse"))) == 20
+    assert list(spec.class_names("fine")) == sorted(spec.class_names("fine"))  # the meta file's order
+    assert (spec.archive, spec.folder, spec.train_files, spec.test_files) == \
+        ("cifar-100-python.tar.gz", "cifar-100-python", ("train",), ("test",))
+    assert spec.md5 == "eb9058c3a382ffc7106e4002c42a8d85"
+    assert spec.mean != data.CIFAR10_MEAN and spec.std != data.CIFAR10_STD
+
+
+def test_a_cifar10_copy_given_as_cifar100_and_back_is_named(tiny_cifar, tiny_archive, tiny_cifar100):
+    root10, _ = tiny_cifar
+    archive10, _ = tiny_archive
+    root100, archive100, _ = tiny_cifar100
+    for where in (root10, archive10):
+        with pytest.raises(data.DataError, match="holds CIFAR-10 .cifar-10-batches-py/., not CIFAR-100: use "
+                                                 "--dataset cifar10"):
+            data.load("cifar100", "fine", where, verbose=False)
+    for where in (root100, archive100):
+        with pytest.raises(data.DataError, match="holds CIFAR-100 .cifar-100-python/., not CIFAR-10: use "
+                                                 "--dataset cifar100"):
+            data.load("cifar10", "fine", where, verbose=False)
+
+
+def test_unknown_datasets_and_label_sets_are_refused(tiny_cifar):
+    root, _ = tiny_cifar
+    with pytest.raises(data.DataError, match="unknown dataset 'svhn'; known: cifar10, cifar100"):
+        data.load("svhn", "fine", root)
+    with pytest.raises(data.DataError, match="CIFAR-10 has fine labels, not 'coarse'"):
+        data.load("cifar10", "coarse", root)
+
+
+def test_a_full_size_cifar100_set_must_have_the_official_balance():
+    spec = data.get_spec("cifar100")
+    images = np.zeros((50000, 32, 32, 3), np.uint8)
+    fine = np.repeat(np.arange(100), 500).astype(np.uint8)
+    data._validate_split("train", images, fine, ["train"], spec, "fine")
+    data._validate_split("train", images, (fine % 20).astype(np.uint8), ["train"], spec, "coarse")
+    fine[0] = 1  # 499 apples, 501 aquarium fish
+    with pytest.raises(data.DataError, match="a full CIFAR-100 train set has 500 images per class"):
+        data._validate_split("train", images, fine, ["train"], spec, "fine")
+    with pytest.raises(data.DataError, match="labels must lie in 0..19; found 0..99"):
+        data._validate_split("train", images, np.repeat(np.arange(100), 500).astype(np.uint8), ["train"], spec,
+                             "coarse")
+
+
+def test_cifar100_standardises_with_its_own_constants(tiny_cifar100):
+    import tensorflow as tf
+    x = tf.constant(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8))
+    spec = data.get_spec("cifar100")
+    expected = (x.numpy() / 255.0 - np.array(spec.mean)) / np.array(spec.std)
+    np.testing.assert_allclose(data.preprocess(x, "standardize", "cifar100").numpy(), expected, atol=1e-5)
+    root, _, _ = tiny_cifar100
+    d = data.load("cifar100", "coarse", root, verbose=False)
+    images, onehot = next(iter(data.make_dataset(d.x_train, d.y_train, 8, dataset="cifar100", num_classes=20)))
+    assert onehot.shape == (8, 20)
+    np.testing.assert_allclose(images.numpy(), (d.x_train[:8] / 255.0 - np.array(spec.mean)) / np.array(spec.std),
+                               atol=1e-5)
+    batches = data.EpochBatches(d.x_train, d.y_train, dataset="cifar100", num_classes=20)
+    images_b, onehot_b = next(iter(batches.dataset(8)))
+    np.testing.assert_allclose(images_b.numpy(), images.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(onehot_b.numpy(), onehot.numpy())
+
+
+def test_cifar100_download_checks_its_own_md5(tiny_cifar100, tmp_path, monkeypatch):
+    """The CIFAR-100 archive is fetched from $CIFAR100_URL (here a closed local port) into Keras'
+    cache; with nothing found, every place is named."""
+    monkeypatch.setenv("CIFAR100_URL", "http://127.0.0.1:9/cifar-100-python.tar.gz")
+    with pytest.raises(data.DataError) as info:
+        data.load("cifar100", "fine")
+    message = str(info.value)
+    for place in ("--data-dir", "$CIFAR100_DIR", "cifar-100-python-target", "download", "127.0.0.1:9"):
+        assert place in message
+    root, archive, _ = tiny_cifar100
+    monkeypatch.setenv("CIFAR100_DIR", str(archive))
+    assert data.load("cifar100", "fine", verbose=False).num_classes == 100
+
+
+@pytest.mark.skipif(not REAL_CIFAR100.is_file(), reason=f"no real CIFAR-100 archive at {REAL_CIFAR100}")
+def test_cifar100_constants_match_the_real_training_set():
+    d = data.load("cifar100", "fine", REAL_CIFAR100, verbose=False)
+    x = d.x_train.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(x.mean(axis=0), data.CIFAR100_MEAN, atol=1e-3)
+    np.testing.assert_allclose(x.std(axis=0), data.CIFAR100_STD, atol=1e-3)
 
 
 # --------------------------------------------------------------------------- split and pipeline
