@@ -7,8 +7,10 @@
 
 Each member is a run folder written by train.py: its model (best.keras, or last.keras with
 `--checkpoint last`) and, from config.json, the preprocessing it was trained with, so members
-of different architectures and preprocessing mix freely. The ensemble is the weighted mean of
-the members' softmax probabilities (the models return logits). Weights are `uniform`,
+of different architectures and preprocessing mix freely. Each member's probabilities come from
+its inference model (inference.build_inference_model: uint8 images, the run's preprocessing, its
+model, a softmax), the model `python -m inference` saves. The ensemble is the weighted mean of
+the members' probabilities. Weights are `uniform`,
 `accuracy` (proportional to each run's validation accuracy from metrics.json; the test set never
 weighs anything) or given numbers; they are normalised to sum to 1.
 
@@ -44,6 +46,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
+import inference  # noqa: E402
 import runlock  # noqa: E402
 import train  # noqa: E402
 
@@ -67,9 +70,10 @@ class Member:
     name: str  # the run folder as given
     run_dir: Path
     checkpoint: str  # "best" or "last"
-    model: keras.Model
+    model: keras.Model  # the run's model: float images -> logits
     config: dict
     metrics: dict | None  # None while the run is unfinished
+    inference: keras.Model = field(default=None, repr=False)  # uint8 images -> probabilities
     _forward: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -79,6 +83,15 @@ class Member:
     @property
     def preprocess(self):
         return self.settings["preprocess"]
+
+    @property
+    def data_set(self):
+        """(dataset, labels) the run was trained on; runs from before CIFAR-100 are CIFAR-10's."""
+        return self.settings.get("dataset", "cifar10"), self.settings.get("labels", "fine")
+
+    @property
+    def class_names(self):
+        return data.get_spec(self.data_set[0]).class_names(self.data_set[1])
 
     @property
     def val_accuracy(self):
@@ -119,30 +132,36 @@ def load_member(run_dir, checkpoint="best"):
         model = keras.saving.load_model(model_file, compile=False)
     except Exception as e:  # a damaged or foreign file fails in many ways; all mean "cannot use it"
         raise EnsembleError(f"cannot load {model_file}: {type(e).__name__}: {e}") from None
+    try:
+        settings = config["settings"]
+        classes = data.get_spec(settings.get("dataset", "cifar10")).num_classes(settings.get("labels", "fine"))
+    except data.DataError as e:
+        raise EnsembleError(f"{path / 'config.json'}: {e}") from None
     shapes = (tuple(model.input_shape), tuple(model.output_shape))
-    if shapes != ((None, *data.IMAGE_SHAPE), (None, data.NUM_CLASSES)):
+    if shapes != ((None, *data.IMAGE_SHAPE), (None, classes)):
         raise EnsembleError(f"{model_file}: expected a model from (None, 32, 32, 3) images to "
-                            f"(None, {data.NUM_CLASSES}) logits; got {shapes[0]} -> {shapes[1]}")
+                            f"(None, {classes}) logits; got {shapes[0]} -> {shapes[1]}")
+    try:
+        probabilities = inference.build_inference_model(model, config)
+    except inference.InferenceError as e:
+        raise EnsembleError(f"{path / 'config.json'}: {e}") from None
     metrics_file = path / "metrics.json"
     metrics = _read_json(metrics_file) if metrics_file.is_file() else None
-    return Member(str(run_dir), path, checkpoint, model, config, metrics)
+    return Member(str(run_dir), path, checkpoint, model, config, metrics, inference=probabilities)
 
 
 def _forward_fn(member, tta):
-    """A traced function: uint8 images -> softmax probabilities (float32), with the member's
-    own preprocessing (data.preprocess) inside the graph."""
+    """A traced function: uint8 images -> softmax probabilities (float32), by the member's inference
+    model, the one definition of a run's images -> probabilities (its preprocessing inside)."""
     if tta not in member._forward:
-        model, mode = member.model, member.preprocess
-
-        def probs(x):
-            return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32))
+        model = member.inference
 
         @tf.function(input_signature=[tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.uint8)])
         def forward(images):
-            x = data.preprocess(images, mode)
-            if tta:  # the mirror image: per-channel preprocessing commutes with the flip
-                return (probs(x) + probs(tf.reverse(x, axis=[2]))) / 2
-            return probs(x)
+            probs = model(images, training=False)
+            if tta:  # the mirror image: the preprocessing is per pixel, so flipping before it is the same
+                return (probs + model(tf.reverse(images, axis=[2]), training=False)) / 2
+            return probs
 
         member._forward[tta] = forward
     return member._forward[tta]
@@ -151,14 +170,14 @@ def _forward_fn(member, tta):
 def predict_probs(member, images, *, batch_size=256, tta=False):
     """Softmax probabilities (N, 10) of `member` for uint8 images (N, 32, 32, 3), batch by batch.
 
-    Each member sees its own preprocessing (data.preprocess with the mode of its config.json).
+    Each member sees its own preprocessing (the mode of its config.json), inside its inference model.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != data.IMAGE_SHAPE:
         raise ValueError(f"images must be uint8 with shape (N, 32, 32, 3); got {images.dtype} {images.shape}")
     forward = _forward_fn(member, tta)
     out = [forward(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, data.NUM_CLASSES), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, member.model.output_shape[-1]), np.float32)
 
 
 # --------------------------------------------------------------------------- combining
@@ -462,6 +481,8 @@ def write_submission(members, weights, folder, out_path, *, batch_size=256, tta=
     if not out_path.parent.is_dir():
         raise EnsembleError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
     ids = [i for i, _ in good]
+    common_data_set(members)  # one data set, so one list of class names
+    names = members[0].class_names
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     failed = []
     try:
@@ -471,7 +492,7 @@ def write_submission(members, weights, folder, out_path, *, batch_size=256, tta=
 
             def write_rows(positions, probs):
                 labels = np.argmax(probs, axis=1)
-                writer.writerows((ids[p], data.CLASS_NAMES[c]) for p, c in zip(positions, labels))
+                writer.writerows((ids[p], names[c]) for p, c in zip(positions, labels))
 
             failed, seconds = predict_images(members, weights, [p for _, p in good], batch_size=batch_size,
                                              tta=tta, on_batch=write_rows, what=f"predicting {folder}")
@@ -608,6 +629,7 @@ def run_predict(args, members, weights):
     if not good:
         raise EnsembleError(f"no usable PNG in {args.predict}")
     names = [k for k, _ in good]
+    classes = members[0].class_names  # every member's (run() checked that they share a data set)
     width = max(len(n) for n in names + ["file"])
     print(f"{'file'.ljust(width)}  {'class'.ljust(10)}  probability")
     results = []
@@ -615,8 +637,8 @@ def run_predict(args, members, weights):
     def show(positions, probs):
         for p, row in zip(positions, probs):
             c = int(np.argmax(row))
-            results.append({"file": names[p], "class": data.CLASS_NAMES[c], "probability": float(row[c])})
-            print(f"{names[p].ljust(width)}  {data.CLASS_NAMES[c].ljust(10)}  {row[c]:.4f}")
+            results.append({"file": names[p], "class": classes[c], "probability": float(row[c])})
+            print(f"{names[p].ljust(width)}  {classes[c].ljust(10)}  {row[c]:.4f}")
 
     failed, _ = predict_images(members, weights, [p for _, p in good], batch_size=args.batch_size,
                                tta=args.tta, on_batch=show, what=None)  # the rows show the progress
@@ -655,13 +677,16 @@ def _run_owned(args, spec, out, submission):
     if args.kaggle_test_dir:
         kaggle_files = check_kaggle_folder(args.kaggle_test_dir, args.skip_bad)
     members = [load_member(r, args.checkpoint) for r in args.runs]
+    data_set = common_data_set(members)
+    if args.kaggle_test_dir and data_set[0] != "cifar10":
+        raise EnsembleError(f"the Kaggle submission is for CIFAR-10; these runs were trained on {data_set[0]}")
     weights = resolve_weights(spec, [m.val_accuracy for m in members], [m.name for m in members])
     weights_mode = spec if isinstance(spec, str) else "given"
     if args.predict:
         return run_predict(args, members, weights)
 
     try:
-        dataset = data.load_cifar10(args.data_dir)
+        dataset = data.load(*data_set, args.data_dir)
     except data.DataError as e:
         raise EnsembleError(str(e)) from None
     report = evaluate(members, weights, dataset, select=args.select, tta=args.tta,
@@ -677,6 +702,15 @@ def _run_owned(args, spec, out, submission):
             batch_size=args.batch_size, tta=args.tta, skip_bad=args.skip_bad, files=kaggle_files)
         _write_json(out, report)
     return 0
+
+
+def common_data_set(members):
+    """The (dataset, labels) every member was trained on; EnsembleError when they differ."""
+    sets = {m.data_set for m in members}
+    if len(sets) > 1:
+        raise EnsembleError("the members were trained on different data sets: " +
+                            "; ".join(f"{m.name}: {m.data_set[0]} ({m.data_set[1]} labels)" for m in members))
+    return sets.pop()
 
 
 def _write_json(path, obj):

@@ -15,30 +15,33 @@ import data
 import train
 
 
-def run_grid(model, variants, seeds, out, *, dataset=None, data_dir=None, verbose="auto", **common):
+def run_grid(model, variants, seeds, out, *, loaded=None, data_dir=None, verbose="auto", **common):
     """Trains (or reads back) every (variant, seed); returns {variant: [(run folder, metrics), ...]}.
 
     `variants` maps a name to the settings it overrides; `common` (settings, or train()'s other
     keyword arguments) applies to all of them.
     """
     train.check_seeds(list(seeds))
-    for overrides in variants.values():  # bad settings fail now, not after hours of training
-        settings = {k: v for k, v in {**common, **overrides}.items() if k in train.SETTINGS}
-        train.resolve_settings(model, **settings)
+    resolved = [train.resolve_settings(model, **{k: v for k, v in {**common, **overrides}.items()
+                                                 if k in train.SETTINGS})[0]
+                for overrides in variants.values()]  # bad settings fail now, not after hours of training
+    datasets = {(s["dataset"], s["labels"]) for s in resolved}
+    if len(datasets) > 1:
+        raise train.TrainError(f"a series trains on one data set; its variants name {sorted(datasets)}")
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise train.TrainError(f"cannot write to {out}: {e.strerror or e}") from None
     with train.hold(out, "--out folder"):  # one process at a time runs a series
-        if dataset is None:
-            dataset = data.load_cifar10(data_dir)
+        if loaded is None:
+            loaded = data.load(*datasets.pop(), data_dir)
         results = {}
         for name, overrides in variants.items():
             results[name] = []
             for seed in seeds:
                 print(f"== {name}, seed {seed}", flush=True)
                 run_dir = Path(out) / "runs" / f"{name}-seed{seed}"
-                metrics = train.train(model, run_dir=run_dir, dataset=dataset, verbose=verbose, seed=seed,
+                metrics = train.train(model, run_dir=run_dir, loaded=loaded, verbose=verbose, seed=seed,
                                       **{**common, **overrides})
                 results[name].append((run_dir, metrics))
     return results

@@ -16,8 +16,9 @@ A run folder holds:
   best.keras       the model of the epoch with the highest validation accuracy, for inference
                    (architecture and weights: loads with plain keras.saving.load_model)
   checkpoints/     the files state.json names; last.keras and best.keras are links to them
+  inference.keras  written when the run is finished: uint8 images -> probabilities (inference.py)
   metrics.json     written once, when the run is finished: accuracies, which model the test
-                   accuracy belongs to, epochs, seconds, throughput, devices
+                   accuracy belongs to, epochs, seconds, throughput, devices, machines
 Every file is written to a temporary name and renamed into place, so killing the process at any
 moment leaves each file either old or new, never half-written. Running the same command again
 resumes after the last completed epoch; re-running a finished run leaves it as it is.
@@ -49,6 +50,7 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import distribute  # noqa: E402
 import fused  # noqa: E402
+import inference  # noqa: E402
 import models  # noqa: E402
 import padded  # noqa: E402
 import runlock  # noqa: E402
@@ -60,7 +62,8 @@ DEFAULTS = dict(
     schedule="step", lr_milestones=None, lr_factor=[0.1], htd_bounds=[-6.0, 3.0], warmup_epochs=0,
     min_lr=0.0, lr_gamma=None, schedule_per="step", lr_scaling="linear",
     preprocess="standardize", augment="standard", cutout=0, mixup=0.0, label_smoothing=0.0,
-    val_split=5000, split_seed=0, seed=0, mixed_precision=False,
+    val_split=5000, split_seed=0, seed=0, mixed_precision=False, init_from=None,
+    dataset="cifar10", labels="fine",
 )
 LR_SCALING = ("linear", "none")
 MAX_SEED = 2**32 - 1  # numpy's and keras.utils.set_random_seed's range
@@ -152,10 +155,14 @@ def _validate(s):
         raise TrainError(f"momentum must be in [0, 1); got {s['momentum']!r}")
     if not s["weight_decay"] >= 0:
         raise TrainError(f"weight decay must be >= 0; got {s['weight_decay']!r}")
+    try:
+        classes = data.get_spec(s["dataset"]).num_classes(s["labels"])
+    except data.DataError as e:
+        raise TrainError(str(e)) from None
     if (isinstance(s["val_split"], bool) or not isinstance(s["val_split"], int)
-            or not (s["val_split"] == 0 or data.NUM_CLASSES <= s["val_split"] < data.OFFICIAL_COUNTS["train"])):
+            or not (s["val_split"] == 0 or classes <= s["val_split"] < data.OFFICIAL_COUNTS["train"])):
         # Stratified: every class needs an image on each side of the split.
-        raise TrainError(f"val split must be 0 (none) or a whole number of images from {data.NUM_CLASSES} (one per "
+        raise TrainError(f"val split must be 0 (none) or a whole number of images from {classes} (one per "
                          f"class) to {data.OFFICIAL_COUNTS['train'] - 1}; got {s['val_split']!r}")
     if s["preprocess"] not in data.PREPROCESSING:
         raise TrainError(f"preprocess must be one of {', '.join(data.PREPROCESSING)}; got {s['preprocess']!r}")
@@ -254,7 +261,7 @@ class RunFolder:
     """
 
     OWN = {"config.json", "state.json", "history.csv", "metrics.json", "last.keras", "best.keras",
-           "checkpoints", "tensorboard"}
+           "inference.keras", "checkpoints", "tensorboard"}
 
     def __init__(self, path):
         self.path = Path(path)
@@ -424,7 +431,7 @@ CHANNEL_PADDING = ("auto", "on", "off")
 def build_model(settings, steps_per_epoch, jit=False, fused_batch_norm=True, steps_per_execution=1,
                 pad_channels=False):
     keras.utils.set_random_seed(settings["seed"])
-    model = models.create_model(settings["model"], num_classes=data.NUM_CLASSES,
+    model = models.create_model(settings["model"], num_classes=num_classes(settings),
                                 weight_decay=settings["weight_decay"])
     if keras.mixed_precision.global_policy().compute_dtype != "float32":
         # Logits, softmax and loss in float32: float16 logits overflow and lose small probabilities.
@@ -443,6 +450,11 @@ def build_model(settings, steps_per_epoch, jit=False, fused_batch_norm=True, ste
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit,
                   steps_per_execution=steps_per_execution)
     return model
+
+
+def num_classes(settings):
+    """The classes of the run's data set and label set (CIFAR-10: 10; CIFAR-100: 100 fine, 20 coarse)."""
+    return data.get_spec(settings["dataset"]).num_classes(settings["labels"])
 
 
 def current_lr(model):
@@ -550,12 +562,12 @@ def _worker_folder(home, index):
     return run
 
 
-def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbose="auto",
+def train(model="resnet20", *, run_dir=None, data_dir=None, loaded=None, verbose="auto",
           command=None, devices=None, jit=False, deterministic=False, keras_batch_norm=False,
           steps_per_execution=None, batches="auto", channel_padding="auto", **overrides):
     """Trains `model` with its recipe and `overrides`; returns the run's metrics.
 
-    `dataset` (a data.Cifar10) skips loading; `verbose` is Keras' fit verbosity; `devices` and
+    `loaded` (a data.Cifar10 of the run's data set) skips loading; `verbose` is Keras' fit verbosity; `devices` and
     `jit` choose where and how the steps run (see distribute.py), and may change when a run is
     resumed; `deterministic` turns on TensorFlow's op determinism (for the rest of the process);
     `keras_batch_norm` keeps Keras' own batch-norm ops instead of the fused kernel (fused.py);
@@ -599,7 +611,7 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, dataset=None, verbos
         if placement.is_chief:  # only the chief writes the run folder, and it owns it while it runs
             home.create()
             owned.enter_context(hold(home.path, "--run-dir"))
-        return _train_in(home, settings, sources, placement, policy, dataset, data_dir, verbose, command,
+        return _train_in(home, settings, sources, placement, policy, loaded, data_dir, verbose, command,
                          jit=jit, keras_batch_norm=keras_batch_norm, deterministic=deterministic,
                          steps_per_execution=steps_per_execution, batches=batches, channel_padding=channel_padding)
 
@@ -693,9 +705,12 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
             run.check_archive(Path("checkpoints") / state["best"]["checkpoint"])
     if dataset is None:
         try:
-            dataset = data.load_cifar10(data_dir)
+            dataset = data.load(settings["dataset"], settings["labels"], data_dir)
         except data.DataError as e:
             raise TrainError(str(e)) from None
+    elif (dataset.dataset, dataset.labels) != (settings["dataset"], settings["labels"]):
+        raise TrainError(f"the data set given is {dataset.dataset} ({dataset.labels} labels); the run's settings "
+                         f"say {settings['dataset']} ({settings['labels']} labels)")
     try:
         train_idx, val_idx = data.stratified_split(dataset.y_train, settings["val_split"], settings["split_seed"])
     except ValueError as e:
@@ -709,24 +724,34 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
     data_record = {"source": dataset.source, "train_images": len(x_train), "val_images": len(x_val),
                    "test_images": len(dataset.x_test), "val_indices_sha256": indices_fingerprint(val_idx),
                    "sha256": data_fingerprint(dataset)}
+    init_from = None  # a new model's starting weights, recorded in config.json: None is a random initialisation
+    if state is None:  # built before config.json is written, so that weights that do not fit leave no run behind
+        model_ = build_model(settings, steps_per_epoch, jit=jit, fused_batch_norm=fuse,
+                             steps_per_execution=steps_per_execution, pad_channels=pad)
+        if settings.get("init_from"):  # on resume the weights come from the run's own checkpoint, never from here
+            try:
+                source = models.weights_file(settings["init_from"])
+                init_from = {"path": str(source), **models.load_weights(model_, source, reinit_head=True)}
+            except models.WeightsError as e:
+                raise TrainError(f"--init-from {settings['init_from']}: {e}") from None
     config = run.read_json("config.json")
-    if config is None:
+    if config is not None:
+        _check_same_data(run, config.get("data") or {}, data_record)
+    if config is None or (init_from is not None and config.get("init_from") != init_from):
+        # A new run, or an attempt that committed no epoch and started from a file that has changed since.
         try:
             write_json(run.path / "config.json", {
                 "settings": settings, "sources": sources, "command": command, "execution": execution,
-                "data": data_record, "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "data": data_record, "init_from": init_from, "versions": _versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             })
         except OSError as e:
             run.discard_uncommitted()
             raise run.write_error(e, 0) from None
-    else:
-        _check_same_data(run, config.get("data") or {}, data_record)
 
     if state is None:
         state = {"epochs_completed": 0, "checkpoint": None, "best": None, "history": [],
                  "wall_seconds": 0.0}
-        model_ = build_model(settings, steps_per_epoch, jit=jit, fused_batch_norm=fuse,
-                             steps_per_execution=steps_per_execution, pad_channels=pad)
     else:
         run.sync(state)
         if fuse:
@@ -739,7 +764,8 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
 
     fit_verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose
     eval_batch = max(settings["batch_size"], 256)
-    pipeline = dict(preprocess_mode=settings["preprocess"])
+    pipeline = dict(preprocess_mode=settings["preprocess"], dataset=settings["dataset"],
+                    num_classes=num_classes(settings))
     if batches == "precomputed":
         # Normalised once per run; each epoch's batches are then one crop of the whole epoch.
         epoch_batches = data.EpochBatches(train_images, train_labels, augment=settings["augment"], **pipeline)
@@ -793,6 +819,11 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
     metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start
     metrics["execution"] = execution
     metrics["machines"] = state.get("machines") or {here: 0}
+    try:  # inference.keras before metrics.json: a finished run always has it
+        metrics["inference_model"] = inference.save_inference_model(run.path, "best" if state["best"] else "last").name
+    except inference.InferenceError as e:
+        raise TrainError(f"{e}; the run folder keeps its {state['epochs_completed']} committed epochs: run the "
+                         "same command again to finish it") from None
     try:
         write_json(run.path / "metrics.json", metrics)
     except OSError as e:
@@ -844,8 +875,8 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch,
             padded.pad_channels(model)
         test = {}
         for flip in (False, True):
-            ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch,
-                                   preprocess_mode=settings["preprocess"], flip=flip)
+            ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"],
+                                   flip=flip, dataset=settings["dataset"], num_classes=num_classes(settings))
             test[flip] = np.asarray(keras.ops.softmax(model.predict(ds, verbose=0).astype(np.float32)))
         return test[False], (test[False] + test[True]) / 2
 
@@ -955,13 +986,24 @@ def build_parser():
                    help="compute convolutions and batch norms whose channels the CPU's vectors do not divide "
                         "(LeNet's 6, DenseNet's 36, 60, ...) with zero channels added: the same outputs, a faster "
                         "step on CPUs (default auto: on where the step runs on CPUs, off on GPUs; see padded.py)")
-    p.add_argument("--data-dir", help="CIFAR-10 archive, or a folder holding it or cifar-10-batches-py/")
+    p.add_argument("--dataset", choices=tuple(data.DATASETS),
+                   help="cifar10 (default) or cifar100 (the official cifar-100-python archive)")
+    p.add_argument("--labels", choices=data.LABELS,
+                   help="CIFAR-100's 100 fine classes (default) or its 20 coarse superclasses")
+    p.add_argument("--data-dir", help="the data set's archive, or a folder holding it or its batch folder "
+                                      "(cifar-10-batches-py/, cifar-100-python/)")
     p.add_argument("--run-dir", help="run folder (default runs/MODEL-seedSEED); rerun to resume")
+    p.add_argument("--init-from", metavar="RUN_DIR_OR_FILE",
+                   help="start a new run from trained weights: a run folder (its best.keras, else last.keras) or a "
+                        ".keras / .weights.h5 file, loaded by layer name; a classifier for another class count is "
+                        "initialised afresh. Part of the run's settings; a resume reads its own checkpoint")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.init_from is not None:  # compared on resume: the same file named from another folder is the same
+        args.init_from = os.path.abspath(args.init_from)
     if args.list_models:
         print("\n".join(models.list_models()))
         return 0
@@ -984,6 +1026,18 @@ def main(argv=None):
                          steps_per_execution=args.steps_per_execution, batches=args.batches,
                          channel_padding=args.channel_padding,
                          command=["train.py", *(sys.argv[1:] if argv is None else argv)])
+        if args.init_from is not None:
+            # The file is checked before a run folder is made (with h5py alone: TensorFlow must not start before
+            # distribute.place); whether it fits the model, once the model is built. A resumed run reads its own
+            # checkpoint instead, so the file may be gone by then.
+            out = Path(args.run_dir or Path("runs") / args.model)
+            runs = ([out / "runs" / f"{args.model}-seed{seed}" for seed in args.seeds] if args.seeds else
+                    [Path(args.run_dir or default_run_dir(resolve_settings(args.model, **overrides)[0]))])
+            if not all((run / "state.json").exists() for run in runs):
+                try:
+                    models.weights_layout(models.weights_file(args.init_from))
+                except models.WeightsError as e:
+                    raise TrainError(f"--init-from {args.init_from}: {e}") from None
         if args.seeds:
             if args.seed is not None:
                 raise TrainError("give --seed or --seeds, not both")

@@ -32,7 +32,7 @@ def tiny_runs(tiny_cifar, tmp_path_factory):
     runs = []
     for preprocess, seed in (("standardize", 0), ("scale", 1)):
         run = base / f"lenet-{preprocess}"
-        train.train("lenet", dataset=dataset, run_dir=run, epochs=2, lr=0.05, val_split=40, batch_size=32,
+        train.train("lenet", loaded=dataset, run_dir=run, epochs=2, lr=0.05, val_split=40, batch_size=32,
                     preprocess=preprocess, seed=seed, verbose=0)
         runs.append(run)
     return runs

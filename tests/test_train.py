@@ -76,7 +76,7 @@ def test_end_to_end_writes_every_file(tiny_cifar, tmp_path, capsys):
 def test_learns_the_tiny_set(tiny_cifar, tmp_path):
     """Colour tells the class in the tiny set: a working loop gets far above chance (0.1)."""
     root, _ = tiny_cifar
-    metrics = train.train("lenet", dataset=data.load_cifar10(root, verbose=False), run_dir=tmp_path / "r",
+    metrics = train.train("lenet", loaded=data.load_cifar10(root, verbose=False), run_dir=tmp_path / "r",
                           epochs=6, val_split=40, batch_size=16, verbose=0)
     assert metrics["val_accuracy"] > 0.5
     assert metrics["test_accuracy"] > 0.5
