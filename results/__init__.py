@@ -3,6 +3,7 @@
     python -m results build RUN_DIR [RUN_DIR ...] [--out results] [--no-all-models]
     python -m results build                                  # regenerate from OUT alone
     python -m results throughput --models NAME [NAME ...] [--out results/throughput.csv]
+    python -m results zoo [--models PATTERN ...] [--seeds 0 1] [--runs-dir runs/zoo]   # train, then build
 
 OUT (default results/) holds what the table is made from and what is made from it:
   runs/NAME/       config.json, history.csv, metrics.json of each finished run (copied, small)

@@ -23,6 +23,16 @@ def build_parser():
     b.add_argument("--all-models", action=argparse.BooleanOptionalAction, default=True,
                    help="a 'not yet run' row, with its estimated training time, for every registered model "
                         "without a finished run (default; --no-all-models: runs only)")
+    z = sub.add_parser("zoo", help="train every model matching PATTERN with its recipe over SEEDS (resumable), "
+                                    "then build the table from those runs")
+    z.add_argument("--models", nargs="+", default=["*"], metavar="PATTERN", help="registry patterns (default: all)")
+    z.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    z.add_argument("--runs-dir", default="runs/zoo", help="where the run folders go (default runs/zoo): rerun to resume")
+    z.add_argument("--out", default="results", help="the table's folder (default results)")
+    z.add_argument("--data-dir", help="as train.py's")
+    z.add_argument("--epochs", type=int, help="override every recipe's length (a quick check; not the recipe)")
+    z.add_argument("--val-split", type=int, help="override the validation split (a quick check)")
+    z.add_argument("--batch-size", type=int, help="override the recipes' batch (a quick check)")
     t = sub.add_parser("throughput", help="measure models' training throughput into a throughput.csv")
     t.add_argument("--models", nargs="+", required=True, metavar="NAME")
     t.add_argument("--out", default="results/throughput.csv")
@@ -59,6 +69,9 @@ def _build_owned(args, out, given, measured):
         charts.accuracy_vs_time(groups, out / "accuracy_vs_time.png")
         charts.curves(groups, out / "curves.png")
     report.write(out, rows, runs.read_partial(out / "partial.csv"), charts=bool(groups))
+    readme = out.resolve().parent / "README.md"  # the repository's, when OUT is its results/
+    if readme.is_file() and report.update_readme(readme, rows, f"{out.name}/README.md"):
+        print(f"updated the results block of {readme}")
     if copied:
         print(f"copied {len(copied)} finished run(s) into {out / 'runs'}: {', '.join(copied)}")
     for p in partial:
@@ -83,10 +96,42 @@ def measure_throughput(args):
     return 0
 
 
+def zoo(args):
+    """Every (model, seed) trained by train.train into RUNS_DIR/MODEL-seedS, in registry order;
+    finished runs are read back, an interrupted one resumes. Then `build` from RUNS_DIR."""
+    import data
+    import models
+    import train
+
+    names = list(dict.fromkeys(n for pattern in args.models for n in models.list_models(pattern)))
+    if not names:
+        raise ResultsError(f"no model matches {' '.join(args.models)}; see python train.py --list-models")
+    overrides = {k: v for k, v in dict(epochs=args.epochs, val_split=args.val_split,
+                                       batch_size=args.batch_size).items() if v is not None}
+    runs_dir = Path(args.runs_dir)
+    try:
+        train.check_seeds(args.seeds)
+        for name in names:  # every recipe checked before hours of training
+            train.resolve_settings(name, **overrides)
+        loaded = data.load_cifar10(args.data_dir)
+        for name in names:
+            for seed in args.seeds:
+                print(f"== {name}, seed {seed}", flush=True)
+                command = ["train.py", "--model", name, "--seed", str(seed), "--run-dir", str(runs_dir / f"{name}-seed{seed}"),
+                           *(f for k, v in overrides.items() for f in (f"--{k.replace('_', '-')}", str(v))),
+                           *(["--data-dir", args.data_dir] if args.data_dir else [])]
+                train.train(name, run_dir=runs_dir / f"{name}-seed{seed}", loaded=loaded, seed=seed,
+                            command=command, **overrides)
+    except (train.TrainError, data.DataError) as e:
+        raise ResultsError(str(e)) from None
+    return build(argparse.Namespace(run_dirs=[str(runs_dir)], out=args.out, all_models=True))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return build(args) if args.command == "build" else measure_throughput(args)
+        commands = {"build": build, "zoo": zoo, "throughput": measure_throughput}
+        return commands[args.command](args)
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
     except OSError as e:

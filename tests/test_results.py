@@ -296,3 +296,40 @@ def test_a_second_build_into_the_same_folder_is_refused_while_one_runs(built, tm
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{out} is in use by another process (pid {os.getpid()})" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_zoo_command_trains_each_model_and_seed_then_builds_and_resumes(tiny_cifar, tmp_path, capsys):
+    root, _ = tiny_cifar
+    runs_dir, out = tmp_path / "zoo", tmp_path / "results"
+    argv = ["zoo", "--models", "lenet", "--seeds", "0", "1", "--runs-dir", str(runs_dir), "--out", str(out),
+            "--data-dir", str(root), "--epochs", "1", "--val-split", "40", "--batch-size", "32"]
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["lenet-seed0", "lenet-seed1"]
+    rows = [r for r in read_csv(out / "table.csv") if r["status"] != "not yet run"]
+    assert len(rows) == 1 and rows[0]["runs"] == "2" and rows[0]["model"] == "lenet"
+    config = json.loads((runs_dir / "lenet-seed1" / "config.json").read_text())
+    assert config["command"][:5] == ["train.py", "--model", "lenet", "--seed", "1"]
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # again: every run is read back, nothing retrained
+    assert capsys.readouterr().out.count("already finished") == 2
+    assert cli.main(["zoo", "--models", "nosuchnet", "--runs-dir", str(runs_dir)]) == 2
+    assert "no model matches nosuchnet" in capsys.readouterr().err
+
+
+def test_the_repository_readme_block_is_regenerated_and_nothing_else(built, tmp_path):
+    out = tmp_path / "repo" / "results"
+    shutil.copytree(built[0], out)
+    readme = out.parent / "README.md"
+    from results import report
+    readme.write_text(f"# Title\n\nintro\n\n{report.README_START}\nstale\n{report.README_END}\n\n## Rest\n")
+    assert cli.main(["build", "--out", str(out)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nintro\n\n") and text.endswith(f"{report.README_END}\n\n## Rest\n")
+    assert "stale" not in text and "(results/README.md)" in text
+    rows = read_csv(out / "table.csv")
+    assert text.count("not yet run") == sum(r["status"] == "not yet run" for r in rows)
+    measured = [line for line in text.splitlines() if line.startswith("| lenet") and "not yet run" not in line]
+    assert len(measured) == sum(r["status"] == "finished" for r in rows) > 0
+    readme.write_text("# No markers\n")
+    assert cli.main(["build", "--out", str(out)]) == 0
+    assert readme.read_text() == "# No markers\n"
