@@ -97,3 +97,19 @@ def test_errors_a_user_can_cause_are_one_line(runs, tiny100, tiny_archive, tmp_p
     # Resuming with the other label set is another run.
     assert train.main(args(archive, runs["fine"], "--labels", "coarse", "--val-split", "100")) == 2
     assert "holds a run with other settings (labels: 'fine' there, 'coarse' now" in one_error(capsys)
+
+
+def test_a_cifar100_run_fine_tuned_from_a_cifar10_run_gets_a_new_head(tiny100, tiny_cifar, tmp_path):
+    archive, _ = tiny100
+    root10, _ = tiny_cifar
+    source = tmp_path / "c10"
+    assert train.main(["--model", "lenet", "--data-dir", str(root10), "--run-dir", str(source), "--epochs", "1",
+                       "--val-split", "40", "--batch-size", "32"]) == 0
+    run = tmp_path / "c100"
+    assert train.main(args(archive, run, "--val-split", "100", "--init-from", str(source))) == 0
+    record = json.loads((run / "config.json").read_text())["init_from"]
+    assert record["head_reinitialised"] is True and record["path"].endswith("best.keras")
+    before = keras.saving.load_model(source / "best.keras")
+    after = keras.saving.load_model(run / "best.keras")
+    assert after.output_shape == (None, 100) and before.output_shape == (None, 10)
+    assert after.get_layer("conv1").kernel.shape == before.get_layer("conv1").kernel.shape
