@@ -809,11 +809,16 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command)
         state.setdefault("machines", {})
         state["machines"][here] = state["machines"].get(here, 0) + 1
         run.commit(model_, state, row, is_best)
-        with writer.as_default(step=epoch + 1):
-            for key in HISTORY_FIELDS[1:]:
-                if key in row:
-                    tf.summary.scalar(key, row[key])
-        writer.flush()
+        try:
+            with writer.as_default(step=epoch + 1):
+                for key in HISTORY_FIELDS[1:]:
+                    if key in row:
+                        tf.summary.scalar(key, row[key])
+            writer.flush()
+        except tf.errors.OpError as e:  # TensorFlow's own error for a full disk, after the epoch's commit
+            full = "No space left" in str(e)
+            raise run.write_error(OSError(errno.ENOSPC if full else errno.EIO, "TensorBoard's log could not be written",
+                                          str(run.path / "tensorboard")), epoch + 1) from None
 
     metrics = _final_evaluation(run, state, settings, dataset, len(x_train), len(x_val), eval_batch, fuse, pad)
     metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start

@@ -649,3 +649,21 @@ def test_after_a_nan_with_epochs_committed_the_advice_names_another_folder(unfin
     assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
     line = one_error_line(capsys)
     assert "The last good model (epoch 1) is kept in" in line and "use another --run-dir" in line
+
+
+def test_a_full_disk_under_tensorboards_log_is_one_line_too(unfinished_run, tiny_cifar, tmp_path, capsys,
+                                                           monkeypatch):
+    """TensorFlow's summary writer raises its own ResourceExhaustedError on a full disk, not OSError."""
+    import tensorflow as tf
+    root, _ = tiny_cifar
+    run = copy_run(unfinished_run, tmp_path / "run")
+
+    def full(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "events.out.tfevents; No space left on device")
+
+    monkeypatch.setattr(train.tf.summary, "scalar", full)
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
+    line = one_error_line(capsys)
+    assert f"the disk holding {run} is full" in line and "tensorboard" in line and "after epoch 2" in line
+    monkeypatch.undo()
+    assert train.main(tiny_args(root, run, "--epochs", "2")) == 0  # epoch 2 was committed: evaluated now
