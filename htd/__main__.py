@@ -132,8 +132,7 @@ def _compare(args, out):
     names = list(dict.fromkeys(ALIASES.get(n, n) for n in args.schedules))
     common = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "val_split", *SCHEDULE_SETTINGS)}
     common = {k: v for k, v in common.items() if v is not None}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    try:
+    try:  # run_grid makes OUT once every setting has been checked
         results = series.run_grid(args.model, {n: {"schedule": n} for n in names}, args.seeds, args.out,
                                   data_dir=args.data_dir, **common)
     except (train.TrainError, data.DataError) as e:

@@ -26,3 +26,12 @@ def test_compare_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["compare", "--model", "nonet", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "error: unknown model 'nonet'" in err and err.count("\n") == 1
+
+
+def test_bad_flags_leave_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compare", "--model", "lenet", "--epochs", "0", "--out", str(out)]) == 2
+    assert main(["compare", "--model", "lenet", "--seeds", "1", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "epochs must be a positive whole number" in err and "seeds must differ" in err
+    assert not out.exists()

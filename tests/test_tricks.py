@@ -44,3 +44,12 @@ def test_series_writes_reports_and_resumes(tiny_cifar, tmp_path, capsys):
     assert ablation.main(args) == 0
     assert capsys.readouterr().out.count("already finished") == 4
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
+
+
+def test_bad_flags_leave_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert ablation.main(["--out", str(out), "--epochs", "0"]) == 2
+    assert ablation.main(["--out", str(out), "--seeds", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs must be a positive whole number" in err and "seed must be a whole number from 0" in err
+    assert not out.exists()

@@ -109,7 +109,6 @@ def main(argv=None):
     a = p.parse_args(argv)
     common = {k: v for k, v in dict(val_split=a.val_split, batch_size=a.batch_size).items() if v is not None}
     try:
-        Path(a.out).mkdir(parents=True, exist_ok=True)
         variants = {name: variant_overrides(name) for name in a.variants}
         results = series.run_grid(MODEL, variants, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **common)
     except (train.TrainError, data.DataError, OSError) as e:
