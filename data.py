@@ -16,7 +16,8 @@ validated (shapes, dtype, labels, class counts) with the file at fault named, th
 `.npy` files outside the repository (`$CIFAR10_CACHE`, else `$XDG_CACHE_HOME/cifar10-keras`, else
 `~/.cache/cifar10-keras`) beside a manifest of their sha256 sums, so the second load is a plain
 `np.load`; what it loads must match those sums and pass the same checks, or the source is read
-again.
+again. Writing the official format (`write_batch`, `write_meta`) is the inverse of reading, for
+sets cut from the real one (bench/cifar_subset.py) or generated (the tests).
 
 Preprocessing constants live here and nowhere else.
 """
@@ -27,6 +28,7 @@ import json
 import os
 import pickle
 import shutil
+import struct
 import tarfile
 import tempfile
 import time
@@ -330,6 +332,53 @@ def read_source(source, spec=None, label_set="fine"):
     return (*splits["train"], *splits["test"])
 
 
+# --------------------------------------------------------------------------- writing the official format
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str` (SHORT_BINSTRING / BINSTRING), as the official files have them.
+
+    Python 3's protocol 2 would wrap bytes in `_codecs.encode` calls instead, which no official
+    CIFAR file contains (the reader takes those too: tests/test_data.py re-pickles batches so).
+    The pure-Python pickler, because its dispatch table is the one place to change how bytes are
+    written: the C pickler writes bytes before any hook (`reducer_override`) is asked.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_str
+
+
+def dump_py2(obj, f):
+    """Pickles `obj` into the binary file `f` as the official files are pickled (protocol 2, bytes as `str`)."""
+    _Py2Pickler(f, protocol=2).dump(obj)
+
+
+def write_batch(path, images, labels, batch_label):
+    """One batch file exactly as the official archive has it (protocol 2, bytes keys, CHW rows)."""
+    record = {
+        b"batch_label": batch_label.encode(),
+        b"labels": [int(v) for v in labels],
+        b"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(images), 3072),
+        b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(images))],
+    }
+    with open(path, "wb") as f:
+        dump_py2(record, f)
+
+
+def write_meta(path, num_cases_per_batch):
+    """CIFAR-10's batches.meta exactly as the official archive has it (the reader does not need it)."""
+    with open(path, "wb") as f:
+        dump_py2({b"num_cases_per_batch": num_cases_per_batch,
+                  b"label_names": [name.encode() for name in CLASS_NAMES], b"num_vis": 3072}, f)
+
+
 # --------------------------------------------------------------------------- finding
 
 def _resolve(path, spec=None):
@@ -608,7 +657,7 @@ def preprocess(images, mode, dataset="cifar10"):
     if mode == "standardize":
         spec = get_spec(dataset)
         # Constants of the image's whole shape where it is known: TensorFlow's CPU kernels broadcast
-        # a [3] operand over the channels about 5 times slower. The same arithmetic either way.
+        # a [3] operand over the channels several times slower. The same arithmetic either way.
         shape = tuple(x.shape[1:]) if x.shape[1:].is_fully_defined() else (len(spec.mean),)
         mean, std = (np.broadcast_to(np.float32(v), shape) for v in (spec.mean, spec.std))
         return (x - tf.constant(mean)) / tf.constant(std)
@@ -732,6 +781,19 @@ def mixup_batch(images, labels, seed, alpha):
             lam * labels + (1 - lam) * tf.gather(labels, perm))
 
 
+def check_pipeline_options(*, preprocess_mode, augment, cutout, mixup):
+    """ValueError, saying what is allowed, for an option make_dataset does not take. A run's settings
+    are checked with it too, before any data is read, so each message is written once."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}; got {augment!r}")
+    if preprocess_mode not in PREPROCESSING:
+        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSING)}; got {preprocess_mode!r}")
+    if isinstance(cutout, bool) or not (isinstance(cutout, int) and 0 <= cutout <= IMAGE_SHAPE[0]):
+        raise ValueError(f"cutout must be a square side from 0 (off) to {IMAGE_SHAPE[0]}; got {cutout!r}")
+    if not mixup >= 0:
+        raise ValueError(f"mixup alpha must be >= 0 (0 = off); got {mixup!r}")
+
+
 def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", augment="none",
                  cutout=0, mixup=0.0, flip=False, shuffle=False, seed=0, epoch=0, dataset="cifar10",
                  num_classes=NUM_CLASSES):
@@ -746,15 +808,8 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
     mirrors every image (for test-time augmentation). `dataset` chooses the normalisation
     constants, `num_classes` the one-hot width.
     """
+    check_pipeline_options(preprocess_mode=preprocess_mode, augment=augment, cutout=cutout, mixup=mixup)
     tf = _tf()
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}; got {augment!r}")
-    if preprocess_mode not in PREPROCESSING:
-        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSING)}; got {preprocess_mode!r}")
-    if not (isinstance(cutout, int) and 0 <= cutout <= IMAGE_SHAPE[0]):
-        raise ValueError(f"cutout must be a square side from 0 (off) to {IMAGE_SHAPE[0]}; got {cutout!r}")
-    if not mixup >= 0:
-        raise ValueError(f"mixup alpha must be >= 0 (0 = off); got {mixup!r}")
     order = epoch_order(len(images), seed, epoch, shuffle)
     x = tf.convert_to_tensor(images)
     y = tf.one_hot(tf.cast(labels, tf.int32), num_classes)

@@ -10,6 +10,9 @@
   logical devices and `MirroredStrategy` runs over them, so the multi-device code path can be
   exercised (and tested) anywhere. On one CPU it is slower than one device, as expected.
 
+Under any strategy but the default one, Keras' `fit` and `evaluate` need two fixes of their own
+code (patches.patch_keras_fit), applied by `place`.
+
 `--batch-size` is the global batch: each of R replicas computes on batch / R images and the
 gradients are summed, so a run on 8 GPUs with the recipe's batch follows the recipe exactly.
 """
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 
 import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import tensorflow as tf
+
+import patches
 
 
 class DistributeError(Exception):
@@ -60,51 +65,6 @@ def _split_cpu(n):
     return [d.name for d in tf.config.list_logical_devices("CPU")[:n]]
 
 
-def _patch_keras_fit():
-    """Two spots where Keras 3 `fit`/`evaluate` break under distribution (keras-team/keras#20585,
-    tensorflow/tensorflow#72388, open as of Keras 3.15):
-
-    1. before the first step, Keras takes one distributed batch and averages it across replicas,
-       only to learn its shapes. Under MultiWorkerMirroredStrategy the collective reduce of a
-       per-replica batch cannot be converted to a tensor; under MirroredStrategy the average fails
-       when the batch does not split evenly (37 validation images on 2 replicas: 19 and 18). The
-       first local replica's batch has the shapes it needs.
-    2. under MultiWorkerMirroredStrategy the per-step metric values are scalars, which Keras
-       all-reduces with `axis=0`; a scalar has no axis 0. They are averaged with no axis instead.
-    Applied when a strategy other than the default one is used.
-    """
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    if getattr(tf_trainer, "_cifar10_patched", False):
-        return
-    original_reduce = tf_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-            def mean(v):
-                first = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
-                return strategy.reduce("MEAN", v, axis=0 if first.shape.rank else None)
-            return tree.map_structure(mean, values)
-        return original_reduce(values, strategy, reduction)
-
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None:
-            return
-        if iterator is not None:
-            for _, _, it in iterator:
-                data_batch = tree.map_structure(
-                    lambda x: (self.distribute_strategy.experimental_local_results(x)[0]
-                               if isinstance(x, tf.distribute.DistributedValues) else x), next(it))
-                break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    tf_trainer.reduce_per_replica = reduce_per_replica
-    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
-    tf_trainer._cifar10_patched = True
-
-
 def place(devices=None):
     """The strategy for this process; `devices` = how many local devices (None: all GPUs, or 1 CPU)."""
     if devices is not None and devices < 1:
@@ -116,7 +76,7 @@ def place(devices=None):
             raise DistributeError(f"TF_CONFIG is not a valid cluster description ({e})") from None
         if devices and devices > 1 and not tf.config.list_physical_devices("GPU"):
             _split_cpu(devices)
-        _patch_keras_fit()
+        patches.patch_keras_fit()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         local = list(strategy.extended.worker_devices)
         return Placement(strategy, "multi_worker", local, strategy.num_replicas_in_sync, is_chief, index, workers)
@@ -125,13 +85,13 @@ def place(devices=None):
         n = len(gpus) if devices is None else devices
         if n > len(gpus):
             raise DistributeError(f"--devices {n}: only {len(gpus)} GPU(s) visible")
-        _patch_keras_fit()
+        patches.patch_keras_fit()
         if n == 1:
             return Placement(tf.distribute.OneDeviceStrategy(gpus[0]), "one_device", gpus[:1], 1, True, 0, 1)
         return Placement(tf.distribute.MirroredStrategy(gpus[:n]), "mirrored", gpus[:n], n, True, 0, 1)
     if devices and devices > 1:
         names = _split_cpu(devices)
-        _patch_keras_fit()
+        patches.patch_keras_fit()
         return Placement(tf.distribute.MirroredStrategy(names), "mirrored", names, devices, True, 0, 1)
     return Placement(tf.distribute.get_strategy(), "default", ["/cpu:0"], 1, True, 0, 1)
 

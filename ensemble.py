@@ -47,8 +47,8 @@ import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
 import inference  # noqa: E402
+import runfolder  # noqa: E402
 import runlock  # noqa: E402
-import train  # noqa: E402
 
 CHECKPOINTS = ("best", "last")
 WEIGHT_MODES = ("accuracy", "uniform")
@@ -308,7 +308,7 @@ def validation_split(members, dataset):
         _, val_idx = data.stratified_split(dataset.y_train, val_split, split_seed)
     except ValueError as e:
         raise EnsembleError(f"cannot reproduce the validation split of {members[0].name}: {e}") from None
-    if sha is not None and train.indices_fingerprint(val_idx) != sha:
+    if sha is not None and runfolder.indices_fingerprint(val_idx) != sha:
         raise EnsembleError(f"the validation split recomputed from {dataset.source} differs from the one "
                             f"{members[0].name} held out (val_indices_sha256): the runs were trained on other "
                             "data; pass the same --data-dir")
@@ -715,7 +715,7 @@ def common_data_set(members):
 
 def _write_json(path, obj):
     try:
-        train.write_json(path, obj)
+        runfolder.write_json(path, obj)
     except OSError as e:
         raise EnsembleError(f"cannot write {path}: {e.strerror or e}") from None
 

@@ -4,8 +4,8 @@ Keras 3 computes batch normalization on the TensorFlow backend from separate ops
 then `tf.nn.batch_normalization`), and its gradient from the gradients of each of them: several
 passes over every activation tensor, forward and backward. TensorFlow's `FusedBatchNormV3` does
 the statistics and the normalization in one kernel, and has a fused gradient; PyTorch, Keras 2 and
-tf.keras used it. For a network made of batch norms over wide tensors the difference is large:
-DenseNet-BC-100 trains about 1.25x faster with it here (BENCHMARKS.md).
+tf.keras used it. For a network made of batch norms over wide tensors the difference is large
+(DenseNet-BC-100: BENCHMARKS.md).
 
 `use_fused_batch_norm(model)` switches the layers of a built model to the fused kernel, in place.
 It changes how each layer computes, not what: the same variables, the same arithmetic (moving
@@ -15,19 +15,22 @@ precision, as Keras does), and the saved file is unchanged: the layers stay stoc
 runs there with Keras' own implementation. tests/test_fused.py checks outputs, moving statistics
 and gradients against Keras' implementation.
 
-padded.py may ask a layer for its output with zero channels appended (DenseNet's batch norms over
-channel counts not a multiple of 8, which oneDNN's AVX2 kernel does not take): `_fused_call`
-computes it over zero input channels with zero scale and offset there, the statistics of the real
-channels unchanged.
+padded.py may ask for a layer's output with zero channels appended (DenseNet's batch norms over
+channel counts not a multiple of 8, which oneDNN's AVX2 kernel does not take),
+`fuse_layer(layer, extra_channels=n)`: it is computed over zero input channels with zero scale and
+offset there, the statistics of the real channels unchanged.
+
+Rerouting a stock layer's call is a reliance on Keras' internals: patches.route_call does it, and
+checks that Keras' BatchNormalization is still the code `_fused_call` reproduces.
 
 On other backends, and for layers the kernel does not cover (not over the last axis of a 4-D
 input, synchronized, renorm, masked), Keras' implementation runs as before.
 """
 
-import types
-
 import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
+
+import patches
 
 
 def use_fused_batch_norm(model):
@@ -37,9 +40,15 @@ def use_fused_batch_norm(model):
     count = 0
     for layer in _all_layers(model):
         if type(layer) is keras.layers.BatchNormalization and not (layer.renorm or layer.synchronized):
-            layer.call = types.MethodType(_fused_call, layer)
+            fuse_layer(layer)
             count += 1
     return count
+
+
+def fuse_layer(layer, extra_channels=0):
+    """Routes one stock BatchNormalization layer through the fused kernel, its output with
+    `extra_channels` zero channels appended where it is over the last axis of a 4-D input."""
+    patches.route_call(layer, _fused_call, extra_channels=extra_channels)
 
 
 def _all_layers(model):
@@ -50,17 +59,22 @@ def _all_layers(model):
 
 
 def is_fused(layer):
-    """Whether `layer` runs through the fused kernel (use_fused_batch_norm switched it)."""
-    call = vars(layer).get("call")
-    return getattr(call, "__func__", None) is _fused_call
+    """Whether `layer` runs through the fused kernel (use_fused_batch_norm or fuse_layer switched it)."""
+    route = patches.routed_call(layer)
+    return route is not None and route.function is _fused_call
 
 
-def _fused_call(self, inputs, training=None, mask=None):
+def appended_channels(layer):
+    """How many zero channels `layer`'s fused call appends to its output (0 for a layer not fused)."""
+    return patches.routed_call(layer).options["extra_channels"] if is_fused(layer) else 0
+
+
+def _fused_call(self, inputs, training=None, mask=None, *, extra_channels=0):
     import tensorflow as tf
 
-    # padded.py may ask for zero channels appended to the output (scale and offset 0 there, so
-    # they are 0 in training and inference alike); the real channels are computed as without.
-    extra = getattr(self, "_padded_channels", (0, 0))[1]
+    # The `extra_channels` padded.py asks for have scale and offset 0, so they are 0 in training
+    # and inference alike; the real channels are computed as without.
+    extra = extra_channels
     rank = len(inputs.shape)
     if mask is not None or rank != 4 or self.axis not in (-1, rank - 1):
         y = keras.layers.BatchNormalization.call(self, inputs, training=training, mask=mask)

@@ -27,7 +27,6 @@ and renamed into place, so an interrupted or failed command leaves nothing half-
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -39,6 +38,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import data  # noqa: E402
+import runfolder  # noqa: E402
 import runlock  # noqa: E402
 
 CHECKPOINTS = ("best", "last")
@@ -107,12 +107,9 @@ def build_inference_model(model, config):
 
 def _read_json(path):
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InferenceError(f"{path} is damaged ({_one_line(e)})") from None
-    if not isinstance(obj, dict):
-        raise InferenceError(f"{path} is damaged (holds a {type(obj).__name__}, not an object)")
-    return obj
+        return runfolder.read_json_object(path)
+    except ValueError as e:
+        raise InferenceError(f"{path} is damaged ({e})") from None
 
 
 def read_finished_run(run_dir):
@@ -160,12 +157,10 @@ def save_inference_model(run_dir, checkpoint="best"):
     """Writes RUN_DIR/inference.keras (see inference_model) atomically; returns its path.
 
     Takes no lock: train.py calls it while it holds the run folder's; the command line takes it."""
-    import train  # here, not at the top: train.py calls this module, and no import cycle is needed
-
     model = inference_model(run_dir, checkpoint)
     path = Path(run_dir) / FILE_NAME
     try:
-        train.save_model(model, path)
+        runfolder.save_model(model, path)
     except OSError as e:
         for tmp in path.parent.glob(f".{path.stem}.tmp*"):
             tmp.unlink(missing_ok=True)

@@ -4,8 +4,8 @@ oneDNN's convolution, pooling and batch-norm kernels work on 8 float32 channels 
 AVX2 CPU. LeNet's first convolution has 6 filters, so its output, the pooling after it and the
 next convolution's input (and that convolution's input gradient, its slowest kernel) are 6-channel
 tensors the kernels handle as partly empty vectors. Computed with 2 zero filters more, those
-tensors have 8 channels: on the 2-core AVX2 machine LeNet's training step runs 1.10x faster
-and its epoch on the real data takes 0.7-0.9 s less (BENCHMARKS.md, "Padded channels").
+tensors have 8 channels, and LeNet's training step and epoch are faster on CPUs (BENCHMARKS.md,
+"Padded channels").
 DenseNet-BC-100-12's concatenations grow by 12 channels, so half of its batch norms (36, 60, ...,
 204; 150, 162, ... channels) run on oneDNN's generic batch-norm kernel, about half as fast as its
 AVX2 one; computed over 2-6 zero channels more, they run on the AVX2 one (BENCHMARKS.md, "Padded
@@ -27,10 +27,11 @@ kernels, so the extra channels add exactly 0 to every output, and their gradient
 from them. The real channels are computed as before. The variables, their gradients and the saved
 file are unchanged: the padding is made from the variables inside each step (`concatenate` with
 zeros, whose gradient is a slice) and the layers stay stock Keras layers (`keras.saving.load_model`
-needs nothing, and runs them unpadded). LeNet's forward outputs and kernel gradients come out bit
-for bit as without padding; the biases' gradients, sums over 8 channels' worth of tensor instead
-of 6, can differ in the last bit; a padded batch norm runs another oneDNN kernel, which rounds
-differently (tests/test_padded.py compares within float32 rounding).
+needs nothing, and runs them unpadded; patches.route_call reroutes their calls, and checks that
+Keras' Conv2D is still the code `_padded_call` reproduces). LeNet's forward outputs and kernel
+gradients come out bit for bit as without padding; the biases' gradients, sums over 8 channels'
+worth of tensor instead of 6, can differ in the last bit; a padded batch norm runs another oneDNN
+kernel, which rounds differently (tests/test_padded.py compares within float32 rounding).
 
 On other backends, and for layers it cannot prove exact (grouped or channels-first
 convolutions, shared layers, LoRA or quantized layers, batch norms Keras computes), the model
@@ -38,13 +39,13 @@ runs as before.
 """
 
 import math
-import types
 
 import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
 from keras import ops
 
 import fused
+import patches
 
 # Layers that pool each channel on its own, passing extra channels through as finite values.
 POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
@@ -82,13 +83,23 @@ def pad_channels(model, multiple=MULTIPLE):
             pad_in[id(end)] = extra
     for layer in graph.layers:
         extra_out, extra_in = pad_out.get(id(layer), 0), pad_in.get(id(layer), 0)
-        if extra_out or extra_in:
-            layer._padded_channels = (extra_in, extra_out)
-            if _plain_conv(layer):  # a fused batch norm reads _padded_channels in fused.py's call
-                layer.call = types.MethodType(_padded_call, layer)
-            if extra_in:
-                layer.input_spec = keras.InputSpec(min_ndim=4, axes={-1: layer.kernel.shape[2] + extra_in})
+        if not (extra_out or extra_in):
+            continue
+        if _plain_conv(layer):
+            patches.route_call(layer, _padded_call, extra_in=extra_in, extra_out=extra_out)
+        else:  # a fused batch norm, which is only ever a chain's start
+            fused.fuse_layer(layer, extra_channels=extra_out)
+        if extra_in:
+            layer.input_spec = keras.InputSpec(min_ndim=4, axes={-1: layer.kernel.shape[2] + extra_in})
     return len(pad_out)
+
+
+def padded_channels(layer):
+    """(zero input channels, zero output channels) `layer` is computed with; (0, 0) where it is not padded."""
+    route = patches.routed_call(layer)
+    if route is not None and route.function is _padded_call:
+        return route.options["extra_in"], route.options["extra_out"]
+    return 0, fused.appended_channels(layer)
 
 
 class _Graph:
@@ -179,9 +190,8 @@ def _value(function, value):
     return out if math.isfinite(out) else None
 
 
-def _padded_call(self, inputs):
+def _padded_call(self, inputs, *, extra_in=0, extra_out=0):
     """Conv2D.call with `extra_in` zero input channels and `extra_out` zero filters added."""
-    extra_in, extra_out = self._padded_channels
     kernel = ops.convert_to_tensor(self.kernel)  # read as the layer computes (cast under mixed precision)
     kh, kw, cin, cout = kernel.shape
     if extra_in:

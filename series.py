@@ -2,7 +2,7 @@
 
 The LeNet tricks ablation (tricks/) and the schedule comparison (`python -m htd compare`) are
 both a series. Each (variant, seed) is its own run folder OUT/runs/VARIANT-seedSEED trained by
-train.train(), so an interrupted series resumes: finished runs are read back, not retrained, and a
+loop.train(), so an interrupted series resumes: finished runs are read back, not retrained, and a
 run cut off mid-way resumes after its last completed epoch.
 """
 
@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 
 import data
-import train
+import loop
+import settings as settings_
+from errors import TrainError
+from runfolder import hold
 
 
 def run_grid(model, variants, seeds, out, *, loaded=None, data_dir=None, verbose="auto", **common):
@@ -21,18 +24,18 @@ def run_grid(model, variants, seeds, out, *, loaded=None, data_dir=None, verbose
     `variants` maps a name to the settings it overrides; `common` (settings, or train()'s other
     keyword arguments) applies to all of them.
     """
-    train.check_seeds(list(seeds))
-    resolved = [train.resolve_settings(model, **{k: v for k, v in {**common, **overrides}.items()
-                                                 if k in train.SETTINGS})[0]
+    settings_.check_seeds(list(seeds))
+    resolved = [settings_.resolve_settings(model, **{k: v for k, v in {**common, **overrides}.items()
+                                                     if k in settings_.SETTINGS})[0]
                 for overrides in variants.values()]  # bad settings fail now, not after hours of training
     datasets = {(s["dataset"], s["labels"]) for s in resolved}
     if len(datasets) > 1:
-        raise train.TrainError(f"a series trains on one data set; its variants name {sorted(datasets)}")
+        raise TrainError(f"a series trains on one data set; its variants name {sorted(datasets)}")
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise train.TrainError(f"cannot write to {out}: {e.strerror or e}") from None
-    with train.hold(out, "--out folder"):  # one process at a time runs a series
+        raise TrainError(f"cannot write to {out}: {e.strerror or e}") from None
+    with hold(out, "--out folder"):  # one process at a time runs a series
         if loaded is None:
             loaded = data.load(*datasets.pop(), data_dir)
         results = {}
@@ -40,11 +43,16 @@ def run_grid(model, variants, seeds, out, *, loaded=None, data_dir=None, verbose
             results[name] = []
             for seed in seeds:
                 print(f"== {name}, seed {seed}", flush=True)
-                run_dir = Path(out) / "runs" / f"{name}-seed{seed}"
-                metrics = train.train(model, run_dir=run_dir, loaded=loaded, verbose=verbose, seed=seed,
+                run_dir_ = run_dir(out, name, seed)
+                metrics = loop.train(model, run_dir=run_dir_, loaded=loaded, verbose=verbose, seed=seed,
                                       **{**common, **overrides})
-                results[name].append((run_dir, metrics))
+                results[name].append((run_dir_, metrics))
     return results
+
+
+def run_dir(out, variant, seed):
+    """The run folder of one (variant, seed) of a series in `out`."""
+    return Path(out) / "runs" / f"{variant}-seed{seed}"
 
 
 def percent_stats(values):

@@ -6,14 +6,15 @@ value already set in the environment wins.
 - `TF_ENABLE_ONEDNN_OPTS=1`: TensorFlow's oneDNN kernels (convolutions, matrix products, their
   gradients, fused with the bias and activation). TensorFlow turns them on by itself only on CPUs
   with AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX; on the AVX2 CPUs it leaves them off, and there
-  its own kernels train LeNet 2.8 and ResNet-20 2.2 times slower (BENCHMARKS.md). oneDNN sums in a
+  its own kernels train LeNet and ResNet-20 over twice as slowly (BENCHMARKS.md). oneDNN sums in a
   different order, so results differ from the other kernels' in the last bits (TensorFlow says as
   much when it loads). `TF_ENABLE_ONEDNN_OPTS=0` in the environment restores TensorFlow's choice.
 - `TF_CPP_MIN_LOG_LEVEL=2`: TensorFlow's C++ informational messages stay quiet.
 - `KERAS_BACKEND=tensorflow`: the models are backend-neutral Keras, but everything around them
   (the tf.data pipeline, tf.distribute, the fused kernels) is TensorFlow. Without it, Keras takes
   its backend from `~/.keras/keras.json`, which other projects set to "jax" or "torch". train.py
-  refuses another backend set in the environment; bench/train_speed.py measures the models on it.
+  refuses another backend set in the environment; `python -m bench.train_speed` measures the
+  models on it.
 """
 
 import os
@@ -26,9 +27,3 @@ LOADED_TOO_LATE = "tensorflow" in sys.modules
 for _name, _value in DEFAULTS.items():
     os.environ.setdefault(_name, _value)
 
-
-def onednn_enabled():
-    """Whether the loaded TensorFlow runs its oneDNN kernels (False also where it was built without them)."""
-    from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own check; no public API has it
-
-    return bool(_pywrap_util_port.IsMklEnabled())

@@ -1,6 +1,6 @@
 """A smaller CIFAR-10 in the official on-disk format, cut from the real set, for short checks.
 
-    python bench/cifar_subset.py --data-dir ../shared/data --out /tmp/subset \\
+    python -m bench.cifar_subset --data-dir ../shared/data --out /tmp/subset \\
         [--train-per-batch 600] [--test 1000]
 
 Writes OUT/cifar-10-batches-py/ with the first --train-per-batch images of each of the five
@@ -11,15 +11,11 @@ epochs of DenseNet-BC-100 on 3,000 images). Never inside the repository: it is C
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the writer of the official format the tests use
+import data
 
-import data  # noqa: E402
-from cifar_files import CLASS_NAMES, dump_py2, write_batch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN_BATCH = 10_000  # images per training batch file of the official archive
 
@@ -44,10 +40,10 @@ def main(argv=None):
     folder.mkdir(parents=True)
     for i in range(5):
         rows = slice(i * TRAIN_BATCH, i * TRAIN_BATCH + a.train_per_batch)
-        write_batch(folder / f"data_batch_{i + 1}", d.x_train[rows], d.y_train[rows], f"training batch {i + 1} of 5")
-    write_batch(folder / "test_batch", d.x_test[:a.test], d.y_test[:a.test], "testing batch 1 of 1")
-    with open(folder / "batches.meta", "wb") as f:
-        dump_py2({b"label_names": CLASS_NAMES, b"num_cases_per_batch": a.train_per_batch, b"num_vis": 3072}, f)
+        data.write_batch(folder / f"data_batch_{i + 1}", d.x_train[rows], d.y_train[rows],
+                         f"training batch {i + 1} of 5")
+    data.write_batch(folder / "test_batch", d.x_test[:a.test], d.y_test[:a.test], "testing batch 1 of 1")
+    data.write_meta(folder / "batches.meta", a.train_per_batch)
     try:
         data.read_source(folder)  # what train.py will check: e.g. every class in each split
     except data.DataError as e:

@@ -1,6 +1,6 @@
 """Seconds to load CIFAR-10 twice: the first read fills the cache, the second reads the cache.
 
-    python bench/data_load.py --data-dir ../shared/data
+    python -m bench.data_load --data-dir ../shared/data
 
 Prints one JSON line. Uses a fresh cache folder each run, so the first figure is a cold read.
 """
@@ -8,14 +8,10 @@ Prints one JSON line. Uses a fresh cache folder each run, so the first figure is
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import data  # noqa: E402
+import data
 
 
 def main(argv=None):

@@ -1,17 +1,16 @@
 """Where an epoch of train.py goes: its parts, timed inside a real run.
 
-    python bench/epoch_parts.py --data-dir ../shared/data [--model lenet] [--epochs 4] [-- TRAIN_FLAGS]
+    python -m bench.epoch_parts --data-dir ../shared/data [--model lenet] [--epochs 4] [-- TRAIN_FLAGS]
 
-Runs train.py's own `main` in this process, into a fresh temporary run folder, with timers around
-the pieces of its per-epoch loop: building the epoch's training pipeline (`data.make_dataset`,
-or, by default on a CPU, computing the epoch's batches: `data.EpochBatches.dataset`);
-inside Keras' `fit`, its setup (the call to the first epoch callback), the first execution of
-steps, the steady rate of the following ones, the validation pass, and its return (the last
-callback to `fit` returning); then the checkpoint (`RunFolder.commit`). "wall" is the time from
-one checkpoint to the next. The timers wrap train.py's functions and add a callback through
-`train.EpochTimer`; the loop itself runs as it does for a user. Prints a JSON line per epoch after
-the first (which traces the step), then the medians. Without the real data it prints why and
-skips (exit status 0). bench/epoch_time.py gives the epoch times alone, in fresh processes.
+Runs train.py's own `main` in this process, into a fresh temporary run folder, and watches it
+through the loop's public hooks (loop.train's `callbacks` and `on_epoch`): the loop's own times
+of building the epoch's training batches ("pipeline"), of Keras' `fit` and of the epoch's commit;
+and, from a Keras callback inside `fit`, its setup (up to the first epoch callback), the first
+execution of steps, the steady rate of the following ones, the validation pass, and its return
+(from the end of training to `fit` returning). "wall" is the time from one commit's end to the
+next. Nothing of the loop is replaced: it runs as it does for a user. Prints a JSON line per
+epoch after the first (which traces the step), then the medians. Without the real data it prints
+why and skips (exit status 0). bench/epoch_time.py gives the epoch times alone, in fresh processes.
 """
 
 import argparse
@@ -22,14 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
+import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
+import keras
 
-import keras  # noqa: E402
-
-import data  # noqa: E402
-import train  # noqa: E402
-from epoch_time import real_data_or_skip  # noqa: E402
+import train
+from bench.epoch_time import real_data_or_skip
 
 PARTS = ("pipeline", "fit_setup", "first_execution", "train", "validation", "fit_return", "commit", "wall")
 
@@ -47,80 +43,42 @@ def steady_rate(ticks, batch_size):
     return (step - first_step) * batch_size / (at - first_time)
 
 
-def instrument():
-    """Wraps train.py's per-epoch pieces with timers; returns the list each finished epoch lands in."""
-    epochs, now = [], {}
+class Parts(keras.callbacks.Callback):
+    """Inside each epoch's fit: when it starts, each execution of steps ends, validation starts, training ends."""
 
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                now[name] = time.perf_counter() - start
-                now[name + "_end"] = time.perf_counter()
-        return wrapper
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.ticks, self.test_start, self.epoch_end = time.perf_counter(), [], None, None
 
-    make_dataset = data.make_dataset
+    def on_train_batch_end(self, batch, logs=None):
+        self.ticks.append((batch, time.perf_counter()))
 
-    def make_training_pipeline(*args, **kwargs):  # the epoch's pipeline: the one that shuffles
-        return (timed("pipeline", make_dataset) if kwargs.get("shuffle") else make_dataset)(*args, **kwargs)
+    def on_test_begin(self, logs=None):
+        self.test_start = self.test_start or time.perf_counter()
 
-    data.make_dataset = make_training_pipeline
-    # The default on a CPU: the epoch's batches computed before it (train.py --batches precomputed).
-    epoch_batches = data.EpochBatches.dataset
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_end = time.perf_counter()
 
-    def epoch_training_batches(self, *args, **kwargs):
-        return (timed("pipeline", epoch_batches) if kwargs.get("shuffle") else epoch_batches)(self, *args, **kwargs)
+    def on_train_end(self, logs=None):
+        self.train_end = time.perf_counter()
 
-    data.EpochBatches.dataset = epoch_training_batches
-    fit = keras.Model.fit
 
-    def timed_fit(self, *args, **kwargs):
-        now["fit_start"] = time.perf_counter()
-        return timed("fit", fit)(self, *args, **kwargs)
+def watch():
+    """The callback and the on_epoch hook for train.main; and the list each finished epoch lands in."""
+    epochs, parts, last = [], Parts(), {}
 
-    keras.Model.fit = timed_fit
-    commit = train.RunFolder.commit
-
-    def timed_commit(self, *args, **kwargs):
-        last = now.get("commit_end")
-        result = timed("commit", commit)(self, *args, **kwargs)
-        epoch = dict(now["epoch"], pipeline=now["pipeline"], fit_return=now["fit_end"] - now["train_end"],
-                     commit=now["commit"])
-        if last is not None:
-            epoch["wall"] = now["commit_end"] - last
+    def on_epoch(times):
+        train_end = parts.test_start or parts.epoch_end
+        epoch = {"epoch": times["epoch"], "pipeline": times["pipeline"], "fit_setup": parts.start - times["fit_start"],
+                 "first_execution": parts.ticks[0][1] - parts.start, "train": train_end - parts.start,
+                 "ticks": parts.ticks,
+                 "validation": parts.epoch_end - parts.test_start if parts.test_start else 0.0,
+                 "fit_return": times["fit_end"] - parts.train_end, "commit": times["commit"]}
+        if "commit_end" in last:
+            epoch["wall"] = times["commit_end"] - last["commit_end"]
+        last["commit_end"] = times["commit_end"]
         epochs.append(epoch)
-        return result
 
-    train.RunFolder.commit = timed_commit
-
-    class Parts(train.EpochTimer):
-        def on_epoch_begin(self, epoch, logs=None):
-            super().on_epoch_begin(epoch, logs)
-            self.ticks, self.test_start = [], None
-            now["fit_setup"] = self.start - now["fit_start"]
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.ticks.append((batch, time.perf_counter()))
-
-        def on_test_begin(self, logs=None):
-            super().on_test_begin(logs)
-            self.test_start = self.test_start or time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            end = self.start + self.epoch_seconds
-            now["epoch"] = {"epoch": epoch + 1, "fit_setup": now["fit_setup"],
-                            "first_execution": self.ticks[0][1] - self.start, "train": self.train_seconds,
-                            "ticks": self.ticks,
-                            "validation": end - self.test_start if self.test_start else 0.0}
-
-        def on_train_end(self, logs=None):
-            now["train_end"] = time.perf_counter()
-
-    train.EpochTimer = Parts
-    return epochs
+    return [parts], on_epoch, epochs
 
 
 def main(argv=None):
@@ -134,10 +92,10 @@ def main(argv=None):
         p.error("--epochs must be at least 2 (the first epoch is left out)")
     if not real_data_or_skip(a.data_dir):
         return 0
-    epochs = instrument()
+    callbacks, on_epoch, epochs = watch()
     with tempfile.TemporaryDirectory(prefix="epoch-parts-") as run_dir:
         status = train.main(["--model", a.model, "--epochs", str(a.epochs), "--data-dir", a.data_dir,
-                             "--run-dir", run_dir, *a.train_flags])
+                             "--run-dir", run_dir, *a.train_flags], callbacks=callbacks, on_epoch=on_epoch)
         if status:
             return status
         batch_size = json.loads((Path(run_dir) / "config.json").read_text())["settings"]["batch_size"]

@@ -1,6 +1,6 @@
 """Seconds per epoch of a real training run: train.py on the real data, as a user runs it.
 
-    python bench/epoch_time.py --data-dir ../shared/data [--model lenet] [--epochs 4] [--repeats 3]
+    python -m bench.epoch_time --data-dir ../shared/data [--model lenet] [--epochs 4] [--repeats 3]
         [--variant="" --variant="--steps-per-execution 1" --variant=OTHER_CHECKOUT/train.py]
 
 Each run is a fresh `train.py --model M --epochs E --data-dir D --run-dir TMP` process, with a
@@ -38,12 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import data  # (no TensorFlow at import)
+from bench.side_by_side import split_variant
 
-import data  # noqa: E402  (no TensorFlow at import)
-from side_by_side import split_variant  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EPOCH_END = re.compile(r"^\d+/\d+ - ")  # Keras' one-line-per-epoch progress (verbose=2: stdout not a terminal)
 

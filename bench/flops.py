@@ -1,6 +1,6 @@
 """How much of this CPU's FP32 throughput a training step uses.
 
-    python bench/flops.py --model resnet20 --img-per-s 494
+    python -m bench.flops --model resnet20 --img-per-s 494
 
 Prints one JSON line: the model's training FLOPs per image (3 x 2 x its mult-adds: one forward
 pass, and a backward pass costing twice the forward, the usual estimate for convolutional
@@ -12,17 +12,14 @@ practical peak), and the share of it that the given training speed represents.
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
+import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from models import create_model  # noqa: E402
-from models.describe import mult_adds  # noqa: E402
+from models import create_model
+from models.describe import mult_adds
 
 
 def gemm_gflops(n=4096, repeats=5):

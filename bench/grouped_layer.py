@@ -1,6 +1,6 @@
 """One 3x3 convolution, 256 -> 256 channels on 32x32 maps: forward + backward seconds by groups.
 
-    python bench/grouped_layer.py --batch 8 --groups 1 4 --repeats 5
+    python -m bench.grouped_layer --batch 8 --groups 1 4 --repeats 5
 
 Shows what TensorFlow's CPU kernels make of grouped convolution (ResNeXt's building block):
 `groups=G` does 1/G of the multiply-adds of `groups=1`. Prints one JSON line per setting with the
@@ -10,15 +10,12 @@ median of --repeats timed steps after one warm-up.
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
+import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """Images per second the input pipeline alone delivers (gather, augment, normalise, batch).
 
-    python bench/pipeline_speed.py --augment standard --batch 128 --repeats 3 [--batches precomputed]
+    python -m bench.pipeline_speed --augment standard --batch 128 --repeats 3 [--batches precomputed]
 
 Iterates data.make_dataset over 45,000 random uint8 CIFAR-shaped images (the training split's
 size), one epoch per repeat, consuming nothing but the batches. With `--batches precomputed`,
@@ -16,17 +16,14 @@ pipeline, is not counted).
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
+import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-import data  # noqa: E402
+import data
 
 
 def main(argv=None):

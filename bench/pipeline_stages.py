@@ -1,6 +1,6 @@
 """Microseconds per batch for each stage of the input pipeline, and for the forms they replaced.
 
-    python bench/pipeline_stages.py --batch 128 --repeats 3
+    python -m bench.pipeline_stages --batch 128 --repeats 3
 
 Each stage runs 1,000 times inside one tf.function (no Python between runs) on a batch of random
 uint8 CIFAR-shaped images (the crop rows include drawing the random offsets); the figure is the
@@ -13,17 +13,14 @@ broadcast slowly. Prints one JSON line.
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
+import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-import data  # noqa: E402
+import data
 
 tf.get_logger().setLevel("ERROR")  # one tf.function per stage is on purpose; silence the retracing warning
 

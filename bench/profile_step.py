@@ -1,9 +1,9 @@
 """Where a training step's time goes: TensorFlow's profiler over train.py's own step, summed by layer.
 
-    python bench/profile_step.py --model resnet20 --batch 128 --steps 32 [--keras-batch-norm]
+    python -m bench.profile_step --model resnet20 --batch 128 --steps 32 [--keras-batch-norm]
         [--steps-per-execution N] [--devices N] [--top 12]
 
-Builds the model, optimizer and pipeline as bench/train_speed.py does, runs the warm-up steps,
+Builds the model, optimizer and pipeline with bench/train_speed.py's `prepare` (execution.py's functions), runs the warm-up steps,
 then records --steps steps with `tf.profiler.experimental` and reads the trace it writes (the
 XSpace protocol buffer TensorFlow ships). Every kernel the step runs is named after its place in
 the graph; the name tells its layer (and whether it belongs to the gradient) or the loss, the
@@ -21,19 +21,15 @@ Prints a readable table, then one JSON line with the same figures.
 import collections
 import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
+import tfenv  # noqa: F401  (before tensorflow: it reads its settings when it loads)
+import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-import tensorflow as tf  # noqa: E402
-from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
-
-import train_speed  # noqa: E402
+from bench import train_speed
 
 # Events that contain other kernels (function calls, loops) or are bookkeeping, not work.
 CONTAINERS = {"PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile", "If", "StatelessIf",
@@ -93,6 +89,13 @@ def classify(scope, op, layer_types, optimizer_name):
     return "other", direction
 
 
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+
+
 def profile(model_name, batch, steps, warmup, top, **options):
     backend = train_speed.keras.backend.backend()
     if backend != "tensorflow":
@@ -101,7 +104,7 @@ def profile(model_name, batch, steps, warmup, top, **options):
     model, dataset, setup = train_speed.prepare(model_name, batch, steps, warmup, **options)
     warm, timed = dataset.take(setup["warmup_steps"]), dataset.skip(setup["warmup_steps"])
     model.fit(warm, epochs=1, verbose=0, shuffle=False)
-    layer_types = {layer.name: type(layer).__name__ for layer in model._flatten_layers(include_self=False)}
+    layer_types = {layer.name: type(layer).__name__ for layer in _layers(model)}
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir, options=tf.profiler.experimental.ProfilerOptions(python_tracer_level=0))
         start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Ours against ../shared/bench/torch_reference.py, alternating, in one sitting; a Markdown table.
 
-    python bench/side_by_side.py --models lenet resnet20 --repeats 3 --torch-python /path/to/python
+    python -m bench.side_by_side --models lenet resnet20 --repeats 3 --torch-python /path/to/python
         [--variant="" --variant=--keras-batch-norm]
 
 Each measurement is a fresh process: ours is bench/train_speed.py, once per --variant (extra flags
@@ -79,14 +79,14 @@ def main(argv=None):
     variants = a.variants or [""]
     rows = []
     for model in a.models:
-        cost = run([sys.executable, "bench/flops.py", "--model", model])
+        cost = run([sys.executable, "-m", "bench.flops", "--model", model])
         print(json.dumps(cost), flush=True)
         ours, theirs = {v: [] for v in variants}, []
         for _ in range(a.repeats):
             for v in variants:
                 flags, env = split_variant(v)
-                ours[v].append(run([sys.executable, "bench/train_speed.py", "--model", model, "--batch", str(a.batch),
-                                    "--steps", str(a.steps), *flags], env))
+                ours[v].append(run([sys.executable, "-m", "bench.train_speed", "--model", model,
+                                    "--batch", str(a.batch), "--steps", str(a.steps), *flags], env))
                 print(json.dumps({"variant": v, **ours[v][-1]}), flush=True)
             if a.torch_python:
                 theirs.append(run([a.torch_python, a.reference, "--model", model, "--batch", str(a.batch),

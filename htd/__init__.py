@@ -17,16 +17,14 @@ from htd.schedules import (
     HTDSchedule,
     OneCycleSchedule,
     StepSchedule,
-    add_schedule_arguments,
     default_milestones,
     evaluate,
     lr_per_epoch,
     make_schedule,
-    schedule_kwargs,
 )
 
 __all__ = [
     "SCHEDULES", "ConstantSchedule", "CosineSchedule", "EpochSchedule", "ExponentialSchedule",
-    "HTDSchedule", "OneCycleSchedule", "StepSchedule", "add_schedule_arguments",
-    "default_milestones", "evaluate", "lr_per_epoch", "make_schedule", "schedule_kwargs",
+    "HTDSchedule", "OneCycleSchedule", "StepSchedule",
+    "default_milestones", "evaluate", "lr_per_epoch", "make_schedule",
 ]

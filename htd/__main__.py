@@ -5,7 +5,7 @@
     python -m htd compare --model resnet50 --schedules step cos htd --seeds 0 1 2 --epochs 200 \
         --data-dir ../shared/data --out runs/htd
 
-`compare` trains the model once per (schedule, seed) through train.train() (each its own run
+`compare` trains the model once per (schedule, seed) through loop.train() (each its own run
 folder under OUT/runs, so an interrupted comparison resumes), then writes OUT/results.csv,
 OUT/results.md (test accuracy median and mean +- std, validation accuracy, runs) and
 OUT/curves.png (the learning rate each run used and its validation accuracy, per epoch).
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from htd.schedules import SCHEDULES, add_schedule_arguments, evaluate, lr_per_epoch, make_schedule, \
-    schedule_kwargs
+import data
+import series
+import settings
+from errors import TrainError
+from htd.schedules import SCHEDULES, evaluate, lr_per_epoch, make_schedule
 
 PROG = "python -m htd"
 ALIASES = {"cos": "cosine"}
-# The schedule flags of add_schedule_arguments, which are also train.py's setting names.
-SCHEDULE_SETTINGS = ("lr_milestones", "lr_factor", "htd_bounds", "warmup_epochs", "min_lr", "lr_gamma",
-                     "schedule_per")
 CIFAR10_STEPS_PER_EPOCH = 391  # 50,000 training images at batch 128, last batch partial
 
 
@@ -41,6 +41,12 @@ def _add_run_arguments(parser):
                              "CIFAR-10 at batch 128)")
 
 
+def _add_schedule_arguments(parser, name=False):
+    """The schedule settings' flags (settings.py), --schedule among them where one schedule is meant."""
+    settings.add_arguments(parser, ("schedule",) * name + settings.SCHEDULE_SETTINGS,
+                           aliases={"schedule_per": ("--per",)})
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Learning-rate schedules.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,7 +54,7 @@ def build_parser():
     show = commands.add_parser("show", help="print the lr of each epoch as CSV (epoch,lr)",
                                description="Print the lr at the start of each epoch as CSV.")
     _add_run_arguments(show)
-    add_schedule_arguments(show, per_alias=True)
+    _add_schedule_arguments(show, name=True)
     show.set_defaults(run=_show)
 
     plot = commands.add_parser("plot", help="draw several schedules on one chart (PNG)",
@@ -58,7 +64,7 @@ def build_parser():
     _add_run_arguments(plot)
     plot.add_argument("--out", required=True, help="PNG file to write")
     plot.add_argument("--log", action="store_true", help="logarithmic lr axis")
-    add_schedule_arguments(plot, name=False, per_alias=True)
+    _add_schedule_arguments(plot)
     plot.set_defaults(run=_plot)
 
     compare = commands.add_parser("compare", help="train a model under several schedules and compare",
@@ -73,14 +79,14 @@ def build_parser():
     compare.add_argument("--val-split", type=int, help="validation images (default 5,000)")
     compare.add_argument("--data-dir")
     compare.add_argument("--out", required=True, help="folder for the runs, tables and charts")
-    add_schedule_arguments(compare, name=False)
+    settings.add_arguments(compare, settings.SCHEDULE_SETTINGS)
     compare.set_defaults(run=_compare)
     return parser
 
 
 def _schedule(name, args):
     return make_schedule(name, base_lr=args.lr, epochs=args.epochs,
-                         steps_per_epoch=args.steps_per_epoch, **schedule_kwargs(args))
+                         steps_per_epoch=args.steps_per_epoch, **settings.schedule_kwargs(vars(args)))
 
 
 def _show(args, out):
@@ -125,17 +131,13 @@ def _plot(args, out):
 
 
 def _compare(args, out):
-    import data
-    import series
-    import train
-
     names = list(dict.fromkeys(ALIASES.get(n, n) for n in args.schedules))
-    common = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "val_split", *SCHEDULE_SETTINGS)}
+    common = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "val_split", *settings.SCHEDULE_SETTINGS)}
     common = {k: v for k, v in common.items() if v is not None}
     try:  # run_grid makes OUT once every setting has been checked
         results = series.run_grid(args.model, {n: {"schedule": n} for n in names}, args.seeds, args.out,
                                   data_dir=args.data_dir, **common)
-    except (train.TrainError, data.DataError) as e:
+    except (TrainError, data.DataError) as e:
         raise ValueError(str(e)) from None
     rows = series.summary_rows(results)
     series.write_csv(Path(args.out) / "results.csv", rows)
@@ -150,7 +152,6 @@ def _compare(args, out):
 
 
 def _plot_comparison(results, model, path):
-    import series
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

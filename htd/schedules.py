@@ -68,7 +68,7 @@ import numpy as np
 from keras import ops
 
 _PACKAGE = "cifar10_keras"
-_PER = ("step", "epoch")
+PER = ("step", "epoch")
 
 
 def _whole(name, value, minimum=None):
@@ -107,8 +107,8 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.base_lr = _real("base_lr", base_lr, 0.0, low_open=True)
         self.epochs = _whole("epochs", epochs, 1)
         self.steps_per_epoch = _whole("steps_per_epoch", steps_per_epoch, 1)
-        if per not in _PER:
-            raise ValueError(f"per must be one of {', '.join(_PER)}; got {per!r}")
+        if per not in PER:
+            raise ValueError(f"per must be one of {', '.join(PER)}; got {per!r}")
         self.per = per
         warmup = _real("warmup_epochs", warmup_epochs, 0.0, self.epochs, high_open=True)
         if per == "epoch" and not warmup.is_integer():
@@ -345,50 +345,3 @@ def evaluate(schedule, steps):
 def lr_per_epoch(schedule, epochs, steps_per_epoch):
     """The lr at the first step of each epoch 0, ..., epochs - 1, as numpy float64 scalars."""
     return list(evaluate(schedule, np.arange(epochs) * steps_per_epoch))
-
-
-def add_schedule_arguments(parser, *, name=True, per_alias=False):
-    """Adds the schedule flags to an argparse parser, all with default None so that the caller can
-    layer recipe defaults under them; `schedule_kwargs` turns them into `make_schedule` arguments.
-
-    name=False leaves out --schedule (for a command that takes several); per_alias=True also
-    accepts --per for --schedule-per.
-    """
-    group = parser.add_argument_group("learning-rate schedule")
-    if name:
-        group.add_argument("--schedule", choices=SCHEDULES, default=None,
-                           help="learning-rate schedule")
-    group.add_argument("--lr-milestones", type=int, nargs="+", default=None, metavar="EPOCH",
-                       help="step: epochs at which the lr is multiplied by --lr-factor "
-                            "(default: 50%% and 75%% of the epochs after warm-up)")
-    group.add_argument("--lr-factor", type=float, nargs="+", default=None, metavar="F",
-                       help="step: one multiplier for every milestone, or one per milestone "
-                            "(default 0.1)")
-    group.add_argument("--htd-bounds", type=float, nargs=2, default=None, metavar=("L", "U"),
-                       help="htd: tanh bounds L < U (default -6 3)")
-    group.add_argument("--warmup-epochs", type=float, default=None, metavar="N",
-                       help="linear warm-up over the first N epochs (default 0)")
-    group.add_argument("--min-lr", type=float, default=None, help="cosine: final lr (default 0)")
-    group.add_argument("--lr-gamma", type=float, default=None,
-                       help="exponential: lr factor per epoch (default 0.95)")
-    group.add_argument(*(["--schedule-per", "--per"] if per_alias else ["--schedule-per"]),
-                       dest="schedule_per", choices=_PER, default=None,
-                       help="change the lr every step (default) or once per epoch")
-    return group
-
-
-def schedule_kwargs(namespace):
-    """`make_schedule` keyword arguments from the flags of `add_schedule_arguments`, leaving out
-    the ones that are None; the schedule name (namespace.schedule) is not included."""
-    factor = getattr(namespace, "lr_factor", None)
-    if isinstance(factor, (list, tuple)) and len(factor) == 1:
-        factor = factor[0]
-    bounds = getattr(namespace, "htd_bounds", None)
-    warmup = getattr(namespace, "warmup_epochs", None)
-    if isinstance(warmup, float) and warmup.is_integer():
-        warmup = int(warmup)
-    kwargs = dict(milestones=getattr(namespace, "lr_milestones", None), factor=factor,
-                  bounds=tuple(bounds) if bounds is not None else None, warmup_epochs=warmup,
-                  min_lr=getattr(namespace, "min_lr", None), gamma=getattr(namespace, "lr_gamma", None),
-                  per=getattr(namespace, "schedule_per", None))
-    return {k: v for k, v in kwargs.items() if v is not None}

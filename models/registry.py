@@ -9,12 +9,12 @@ Each family file registers its variants at its bottom, one line each, with the p
 parameter count the paper prints, and the training recipe of the reference result.
 
 Weights load by layer name (the builders name every layer), from the `.weights.h5` file Keras
-writes or the one inside a `.keras` file, without rebuilding the architecture that saved them;
-a file that does not fit the model is refused with what differs. Published weights are looked up
-in PRETRAINED and downloaded once, their sha256 checked, into Keras' cache.
+writes or the one inside a `.keras` file, without rebuilding the architecture that saved them
+(patches.saved_weights reads Keras' file layout); a file that does not fit the model is refused
+with what differs. Published weights are looked up in PRETRAINED and downloaded once, their
+sha256 checked, into Keras' cache.
 """
 
-import contextlib
 import fnmatch
 import hashlib
 import os
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import keras
+
+import patches
 
 
 @dataclass(frozen=True)
@@ -207,37 +208,15 @@ def _listed(names, limit=4):
     return ", ".join(names[:limit]) + more
 
 
-def _file_layers(f, path):
-    """{layer name: [its h5 datasets, in the order Layer.save_own_variables wrote them]} of an open weights file."""
-    layers = {}
-    groups = f.get("layers")
-    if not isinstance(groups, h5py.Group):
-        raise WeightsError(f"{path} holds no layers (not a weights file Keras 3 wrote)")
-    for key, group in groups.items():
-        variables = group.get("vars")
-        if not isinstance(variables, h5py.Group):
-            continue
-        nested = []
-        group.visititems(lambda sub, obj: nested.append(sub) if isinstance(obj, h5py.Dataset)
-                         and not sub.startswith("vars/") else None)
-        if nested:
-            raise WeightsError(f"{path} holds weights of nested layers ({key}/{nested[0]}), which are not read")
-        name = variables.attrs.get("name")
-        if name is None:
-            raise WeightsError(f"{path} does not record its layer names (written by Keras before 3.x that does); "
-                               "load it with model.load_weights instead")
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        layers[name] = [variables[str(i)] for i in range(len(variables))]
-    return layers
-
-
 def weights_layout(path):
     """{layer name: [weight shapes]} of a .weights.h5 or .keras file, read without TensorFlow (h5py only),
     so that a command can check a file before TensorFlow starts; WeightsError where it is not readable."""
     path = Path(path)
     try:
-        with open(path, "rb") as raw, _h5_of(raw, path) as h5, h5py.File(h5, "r") as f:
-            return {name: [tuple(d.shape) for d in datasets] for name, datasets in _file_layers(f, path).items()}
+        with open(path, "rb") as raw, patches.saved_weights(raw, path) as (_, layers):
+            return {name: [tuple(d.shape) for d in datasets] for name, datasets in layers.items()}
+    except patches.LayoutError as e:
+        raise WeightsError(str(e)) from None
     except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
         raise WeightsError(f"{path} is not a readable Keras weights file ({type(e).__name__}: {e})") from None
 
@@ -267,32 +246,19 @@ def load_weights(model, path, *, reinit_head=False, dry_run=False):
             for chunk in iter(lambda: raw.read(1 << 20), b""):
                 digest.update(chunk)
             raw.seek(0)
-            with _h5_of(raw, path) as h5, h5py.File(h5, "r") as f:
-                theirs = {k: v for k, v in _file_layers(f, path).items() if v}
-                saved_as = f["vars"].attrs.get("name", "?") if isinstance(f.get("vars"), h5py.Group) else "?"
-                saved_as = saved_as.decode() if isinstance(saved_as, bytes) else str(saved_as)
+            with patches.saved_weights(raw, path) as (saved_as, layers):
+                theirs = {k: v for k, v in layers.items() if v}
                 head = _plan(model, mine, theirs, path, saved_as, reinit_head)
                 if not dry_run:
                     for name, (layer, _) in mine.items():
                         if name not in head:
                             layer.load_own_variables({str(i): d[()] for i, d in enumerate(theirs[name])})
+    except patches.LayoutError as e:
+        raise WeightsError(str(e)) from None
     except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
         raise WeightsError(f"{path} is not a readable Keras weights file ({type(e).__name__}: {e})") from None
     return {"sha256": digest.hexdigest(), "layers_loaded": len(mine) - len(head),
             "head_reinitialised": bool(head), "layers_reinitialised": sorted(head)}
-
-
-@contextlib.contextmanager
-def _h5_of(raw, path):
-    """The h5 file to read: the open `.weights.h5` file itself, or the one inside an open `.keras` archive."""
-    if not path.name.endswith(".keras"):
-        yield raw
-        return
-    with zipfile.ZipFile(raw) as archive:
-        if "model.weights.h5" not in archive.namelist():
-            raise WeightsError(f"{path} holds no model.weights.h5 (not a .keras file Keras 3 wrote)")
-        with archive.open("model.weights.h5") as member:
-            yield member
 
 
 def _plan(model, mine, theirs, path, saved_as, reinit_head):

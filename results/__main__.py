@@ -97,11 +97,13 @@ def measure_throughput(args):
 
 
 def zoo(args):
-    """Every (model, seed) trained by train.train into RUNS_DIR/MODEL-seedS, in registry order;
+    """Every (model, seed) trained by loop.train into RUNS_DIR/MODEL-seedS, in registry order;
     finished runs are read back, an interrupted one resumes. Then `build` from RUNS_DIR."""
     import data
+    import loop
     import models
-    import train
+    import settings
+    from errors import TrainError
 
     names = list(dict.fromkeys(n for pattern in args.models for n in models.list_models(pattern)))
     if not names:
@@ -110,9 +112,9 @@ def zoo(args):
                                        batch_size=args.batch_size).items() if v is not None}
     runs_dir = Path(args.runs_dir)
     try:
-        train.check_seeds(args.seeds)
+        settings.check_seeds(args.seeds)
         for name in names:  # every recipe checked before hours of training
-            train.resolve_settings(name, **overrides)
+            settings.resolve_settings(name, **overrides)
         loaded = data.load_cifar10(args.data_dir)
         for name in names:
             for seed in args.seeds:
@@ -120,9 +122,9 @@ def zoo(args):
                 command = ["train.py", "--model", name, "--seed", str(seed), "--run-dir", str(runs_dir / f"{name}-seed{seed}"),
                            *(f for k, v in overrides.items() for f in (f"--{k.replace('_', '-')}", str(v))),
                            *(["--data-dir", args.data_dir] if args.data_dir else [])]
-                train.train(name, run_dir=runs_dir / f"{name}-seed{seed}", loaded=loaded, seed=seed,
-                            command=command, **overrides)
-    except (train.TrainError, data.DataError) as e:
+                loop.train(name, run_dir=runs_dir / f"{name}-seed{seed}", loaded=loaded, seed=seed,
+                           command=command, **overrides)
+    except (TrainError, data.DataError) as e:
         raise ResultsError(str(e)) from None
     return build(argparse.Namespace(run_dirs=[str(runs_dir)], out=args.out, all_models=True))
 

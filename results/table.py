@@ -15,7 +15,7 @@ import numpy as np
 
 import data
 import models
-import train
+import settings as settings_
 from htd import schedules
 from models import describe
 from results import throughput
@@ -36,7 +36,7 @@ NOT_RECORDED = "not recorded"
 def normalised_settings(settings):
     """The settings with those an older train.py did not record filled in with their defaults, as
     train.py itself reads an older config.json, so old and new runs of one recipe share a row."""
-    return {**{k: v for k, v in train.DEFAULTS.items() if k not in settings}, **settings}
+    return {**{k: v for k, v in settings_.DEFAULTS.items() if k not in settings}, **settings}
 
 
 def recipe_key(run):
@@ -112,7 +112,7 @@ def schedule_text(s):
     elif name == "cosine":
         text = f"cosine {lr} -> {_num(s.get('min_lr') or 0.0)}"
     elif name == "htd":
-        low, high = s.get("htd_bounds") or train.DEFAULTS["htd_bounds"]
+        low, high = s.get("htd_bounds") or settings_.DEFAULTS["htd_bounds"]
         text = f"htd {lr}, tanh {_num(low)} to {_num(high)}"
     elif name == "exponential":
         text = f"exponential {lr}, x{_num(s.get('lr_gamma') or 0.95)} per epoch"
@@ -248,7 +248,7 @@ def finished_row(runs):
 def not_yet_run_row(name, measured):
     """A registered model without a finished run: its reference recipe, and how long that would
     train on a CPU and on one GPU at the throughput measured for it (throughput.csv)."""
-    s, _ = train.resolve_settings(name)
+    s, _ = settings_.resolve_settings(name)
     train_images = data.OFFICIAL_COUNTS["train"] - s["val_split"]
     row = {"status": "not yet run", "model": name, "variant": "", "epochs": s["epochs"],
            "schedule": schedule_text(s), "batch": s["batch_size"], "weight_decay": _num(s["weight_decay"]),

@@ -20,7 +20,7 @@ GPU_PREFIX = "GPU: "
 
 
 def kind(machine):
-    """"GPU" for a machine this module named after its GPU, "CPU" for train.machine()'s CPU names."""
+    """"GPU" for a machine this module named after its GPU, "CPU" for execution.machine()'s CPU names."""
     return "GPU" if machine.startswith(GPU_PREFIX) else "CPU"
 
 
@@ -61,28 +61,29 @@ def latest(rows, model, machine_kind):
 
 
 def this_machine():
-    """The GPU the step runs on (one), named from TensorFlow's device details, or train.machine()'s CPU."""
+    """The GPU the step runs on (one), named from TensorFlow's device details, or execution.machine()'s CPU."""
     import tensorflow as tf
 
-    import train
+    import execution
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return GPU_PREFIX + details.get("device_name", gpus[0].name)
-    return train.machine()
+    return execution.machine()
 
 
 def measure(name, batch=None, steps=100, warmup=5):
     """Images per second of `name`'s training step at the recipe's batch (or `batch`), on one device."""
     import distribute
-    import train
+    import settings
+    from errors import TrainError
 
     train_speed = importlib.import_module("bench.train_speed")
-    batch = batch or train.resolve_settings(name)[0]["batch_size"]
+    batch = batch or settings.resolve_settings(name)[0]["batch_size"]
     try:
         result = train_speed.measure(name, batch, steps, warmup, devices=1)
-    except (train.TrainError, distribute.DistributeError) as e:
+    except (TrainError, distribute.DistributeError) as e:
         raise ResultsError(str(e)) from None
     except SystemExit as e:  # train_speed refuses some settings this way, with its own "error: " line
         raise ResultsError(str(e.code).removeprefix("error: ")) from None

@@ -1,38 +1,16 @@
-"""Writes small CIFAR-10 sets in the official on-disk format (python-version pickles, tar.gz)."""
+"""Writes small CIFAR-10 sets in the official on-disk format (python-version pickles, tar.gz).
 
-import pickle
+The batch files themselves are data.py's writer of the official format (write_batch, write_meta,
+dump_py2); this module makes up the images and packs folders and archives around them.
+"""
+
 import struct
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
-CLASS_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
-               b"dog", b"frog", b"horse", b"ship", b"truck"]
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 `str` (SHORT_BINSTRING / BINSTRING), as the official files have them.
-
-    Python 3's protocol 2 would wrap bytes in `_codecs.encode` calls instead, which no official
-    CIFAR file contains (the loader reads those too: tests/test_data.py re-pickles batches so).
-    """
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_str(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_str
-
-
-def dump_py2(obj, f):
-    _Py2Pickler(f, protocol=2).dump(obj)
-
+from data import dump_py2, write_batch, write_meta
 
 # Ten colours far apart: the eight corners of a cube inside RGB space, mid-grey and one more.
 PALETTE = np.array([[r, g, b] for r in (40, 215) for g in (40, 215) for b in (40, 215)]
@@ -43,18 +21,6 @@ def images_for(labels, rng):
     """Images whose class shows in their colour, so that a model can learn them quickly."""
     x = PALETTE[labels][:, None, None, :] + rng.normal(0, 25, size=(len(labels), 32, 32, 3))
     return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def write_batch(path, images, labels, batch_label):
-    """One batch file exactly as the official archive has it (protocol 2, bytes keys, CHW rows)."""
-    record = {
-        b"batch_label": batch_label.encode(),
-        b"labels": [int(v) for v in labels],
-        b"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(images), 3072),
-        b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(images))],
-    }
-    with open(path, "wb") as f:
-        dump_py2(record, f)
 
 
 def write_cifar_folder(root, train_per_class=20, test_per_class=4, seed=0, images_fn=None):
@@ -69,8 +35,7 @@ def write_cifar_folder(root, train_per_class=20, test_per_class=4, seed=0, image
     for i, (xs, ys) in enumerate(zip(np.array_split(x_train, 5), np.array_split(y_train, 5)), start=1):
         write_batch(folder / f"data_batch_{i}", xs, ys, f"training batch {i} of 5")
     write_batch(folder / "test_batch", x_test, y_test, "testing batch 1 of 1")
-    with open(folder / "batches.meta", "wb") as f:
-        dump_py2({b"num_cases_per_batch": len(x_test), b"label_names": CLASS_NAMES, b"num_vis": 3072}, f)
+    write_meta(folder / "batches.meta", len(x_test))
     return folder, (x_train, y_train, x_test, y_test)
 
 

@@ -1,15 +1,12 @@
-import sys
 from pathlib import Path
 
 import pytest
 
+import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
+
+from cifar_files import write_archive, write_cifar_folder
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
-
-from cifar_files import write_archive, write_cifar_folder  # noqa: E402
-
 REAL_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 
 

@@ -3,23 +3,13 @@ bench/epoch_parts.py (the measurements run in bench/), bench/train_speed.py and
 bench/pipeline_speed.py on a few steps, and bench/cifar_subset.py."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
+import data
+from bench import cifar_subset, epoch_parts, epoch_time, pipeline_speed, profile_step, side_by_side, train_speed
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "bench"))
-
-import cifar_subset  # noqa: E402
-import data  # noqa: E402
-import epoch_parts  # noqa: E402
-import epoch_time  # noqa: E402
-import pipeline_speed  # noqa: E402
-import profile_step  # noqa: E402
-import side_by_side  # noqa: E402
-import train_speed  # noqa: E402
 
 
 def kernel(start, duration):

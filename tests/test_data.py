@@ -4,8 +4,10 @@ import http.server
 import io
 import json
 import pickle
+import pickletools
 import re
 import shutil
+import tarfile
 import threading
 import types
 import warnings
@@ -15,8 +17,8 @@ import numpy as np
 import pytest
 
 import data
-from cifar_files import (dump_py2, write_archive, write_archive_of, write_batch,
-                         write_cifar100_folder, write_cifar_folder)
+from cifar_files import write_archive, write_archive_of, write_cifar100_folder, write_cifar_folder
+from data import dump_py2, write_batch
 
 
 def assert_arrays(loaded, expected):
@@ -692,6 +694,32 @@ def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch(tiny_cifar):
     np.testing.assert_array_equal(a[1], d[1])
 
 
+def test_the_writer_of_the_official_format_writes_what_the_real_archive_holds(real_archive, tmp_path):
+    """data.write_batch and write_meta against the real files: the same records, keys in the same
+    order, bytes written as Python 2 `str` (no _codecs.encode), as the official pickles have them."""
+    with tarfile.open(real_archive) as tar:
+        official = {name: tar.extractfile(f"cifar-10-batches-py/{name}").read()
+                    for name in ("test_batch", "batches.meta")}
+    x, y = data.parse_batch(official["test_batch"], "test_batch")
+    data.write_batch(tmp_path / "test_batch", x[:50], y[:50], "testing batch 1 of 1")
+    data.write_meta(tmp_path / "batches.meta", 10000)
+    written = {name: (tmp_path / name).read_bytes() for name in official}
+
+    def string_opcodes(raw):
+        return {op.name for op, _, _ in pickletools.genops(raw) if "STRING" in op.name or "BYTES" in op.name}
+
+    for name in official:
+        assert string_opcodes(written[name]) == string_opcodes(official[name]) <= {"SHORT_BINSTRING", "BINSTRING"}
+    theirs = {name: pickle.loads(raw, encoding="bytes") for name, raw in official.items()}
+    ours = {name: pickle.loads(raw, encoding="bytes") for name, raw in written.items()}
+    assert ours["batches.meta"] == theirs["batches.meta"]
+    batch, real = ours["test_batch"], theirs["test_batch"]
+    assert list(batch) == list(real) and batch[b"batch_label"] == real[b"batch_label"]
+    np.testing.assert_array_equal(batch[b"data"], real[b"data"][:50])
+    assert batch[b"data"].dtype == real[b"data"].dtype and batch[b"labels"] == real[b"labels"][:50]
+    assert all(type(f) is bytes for f in batch[b"filenames"]) and len(batch[b"filenames"]) == 50
+
+
 def test_pipeline_has_fixed_parallelism_and_no_autotuning(tiny_cifar):
     # Autotuning's thread made deleting each epoch's iterator stall for seconds (data.pipeline_options).
     _, (x, y, _, _) = tiny_cifar
@@ -706,6 +734,22 @@ def test_pipeline_rejects_unknown_modes(tiny_cifar):
         data.make_dataset(x, y, 8, augment="cutmix")
     with pytest.raises(ValueError, match="preprocess must be one of standardize, scale"):
         data.make_dataset(x, y, 8, preprocess_mode="zca")
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(augment="cutmix"), "augment must be one of standard, none, kaggle; got 'cutmix'"),
+    (dict(preprocess_mode="zca"), "preprocess must be one of standardize, scale; got 'zca'"),
+    (dict(cutout=33), r"cutout must be a square side from 0 \(off\) to 32; got 33"),
+    (dict(cutout=True), r"cutout must be a square side from 0 \(off\) to 32; got True"),
+    (dict(cutout=8.0), r"cutout must be a square side from 0 \(off\) to 32; got 8.0"),
+    (dict(mixup=-0.2), r"mixup alpha must be >= 0 \(0 = off\); got -0.2"),
+    (dict(mixup=float("nan")), r"mixup alpha must be >= 0 \(0 = off\); got nan"),
+])
+def test_pipeline_options_are_refused_with_what_is_allowed(option, message):
+    allowed = dict(preprocess_mode="scale", augment="kaggle", cutout=32, mixup=0.2)
+    data.check_pipeline_options(**allowed)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        data.check_pipeline_options(**{**allowed, **option})
 
 
 @pytest.mark.parametrize("augment", data.EpochBatches.AUGMENTATIONS)

@@ -15,6 +15,7 @@ import pytest
 
 import data
 import distribute
+import loop
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def test_two_workers_on_loopback(tiny_cifar, tmp_path):
 def test_jit_trains_an_epoch(tiny_cifar, tmp_path):
     root, _ = tiny_cifar
     run = tmp_path / "run"
-    metrics = train.train("lenet", loaded=data.load_cifar10(root, verbose=False), run_dir=run, epochs=1,
+    metrics = loop.train("lenet", loaded=data.load_cifar10(root, verbose=False), run_dir=run, epochs=1,
                           val_split=37, batch_size=32, jit=True, verbose=0)
     assert metrics["execution"]["jit"] is True and metrics["epochs_completed"] == 1
     assert np.isfinite(metrics["test_loss"])

@@ -16,7 +16,7 @@ import pytest
 
 import data
 import ensemble
-import train
+import loop
 from cifar_files import images_for, png_bytes, write_png_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def tiny_runs(tiny_cifar, tmp_path_factory):
     runs = []
     for preprocess, seed in (("standardize", 0), ("scale", 1)):
         run = base / f"lenet-{preprocess}"
-        train.train("lenet", loaded=dataset, run_dir=run, epochs=2, lr=0.05, val_split=40, batch_size=32,
+        loop.train("lenet", loaded=dataset, run_dir=run, epochs=2, lr=0.05, val_split=40, batch_size=32,
                     preprocess=preprocess, seed=seed, verbose=0)
         runs.append(run)
     return runs

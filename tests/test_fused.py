@@ -9,8 +9,10 @@ import pytest
 import tensorflow as tf
 
 import data
+import execution
 import fused
-import train
+import loop
+from settings import resolve_settings
 
 rng = np.random.default_rng(0)
 
@@ -110,12 +112,13 @@ def test_saved_file_is_stock_keras_and_reloads_without_the_project(tmp_path):
 
 def test_train_builds_fused_models_and_trains_them_as_keras_would():
     """A few SGD steps of ResNet-20 with and without the kernel end at the same weights."""
-    settings, _ = train.resolve_settings("resnet20", batch_size=16, epochs=1)
+    settings, _ = resolve_settings("resnet20", batch_size=16, epochs=1)
     images = rng.integers(0, 256, (48, 32, 32, 3), np.uint8)
     labels = np.arange(48) % 10
     weights = []
     for fuse in (True, False):
-        model = train.build_model(settings, steps_per_epoch=3, fused_batch_norm=fuse)
+        plan = execution.plan(settings, keras_batch_norm=not fuse, steps_per_execution=1, channel_padding="off")
+        model = execution.build_model(settings, plan, steps_per_epoch=3)
         bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
         assert len(bns) == 19 and all(("call" in vars(l)) == fuse for l in bns)
         model.fit(data.make_dataset(images, labels, 16, augment="none", preprocess_mode=settings["preprocess"]),
@@ -123,7 +126,8 @@ def test_train_builds_fused_models_and_trains_them_as_keras_would():
         weights.append(model.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-    assert not np.allclose(weights[0][0], train.build_model(settings, steps_per_epoch=3).get_weights()[0])
+    plan = execution.plan(settings, steps_per_execution=1, channel_padding="off")
+    assert not np.allclose(weights[0][0], execution.build_model(settings, plan, steps_per_epoch=3).get_weights()[0])
 
 
 def test_train_fuses_new_resumed_and_evaluated_models_unless_told_not_to(tiny_cifar, tmp_path, monkeypatch):
@@ -135,9 +139,9 @@ def test_train_fuses_new_resumed_and_evaluated_models_unless_told_not_to(tiny_ci
     for keras_batch_norm, expected in ((False, 2 + 2), (True, 0)):
         calls.clear()
         run = tmp_path / f"keras-bn-{keras_batch_norm}"
-        train.train("lenet", run_dir=run, epochs=1, keras_batch_norm=keras_batch_norm, **common)
+        loop.train("lenet", run_dir=run, epochs=1, keras_batch_norm=keras_batch_norm, **common)
         (run / "metrics.json").unlink()  # as if killed after the last checkpoint, before the test
-        train.train("lenet", run_dir=run, epochs=1, keras_batch_norm=keras_batch_norm, **common)  # resumes
+        loop.train("lenet", run_dir=run, epochs=1, keras_batch_norm=keras_batch_norm, **common)  # resumes
         # built, evaluated; then loaded to resume, evaluated
         assert len(calls) == expected
         config = json.loads((run / "config.json").read_text())

@@ -2,6 +2,7 @@
 
 import inspect
 import re
+from pathlib import Path
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 import keras
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 
 from models import create_model, get_entry, get_recipe, list_models
-from models.describe import deep_graphs, mult_adds, trainable_params
+from models.describe import HEADER, Row, deep_graphs, markdown_table, mult_adds, trainable_params
+
+MODELS_MD = Path(__file__).resolve().parents[1] / "docs" / "MODELS.md"
 
 # Trainable parameters at 10 and 100 classes, as measured; docs/MODELS.md shows how they compare
 # with the papers.
@@ -129,6 +132,7 @@ def test_model_builds_with_its_golden_parameter_count(name):
         logits = model.get_layer("logits")
         assert isinstance(logits, keras.layers.Dense)
         assert params_100 - params_10 == 90 * (logits.input.shape[-1] + 1)
+        _check_docs_row(name, params_10, mult_adds(model) - 90 * logits.input.shape[-1])
         return
     names = [layer.name for layer in model.layers]
     del model
@@ -138,6 +142,27 @@ def test_model_builds_with_its_golden_parameter_count(name):
     _check_forward(model, 10)
     # Keras numbers the layers it names itself, so only builder-given names repeat exactly.
     assert [layer.name for layer in model.layers] == names
+    _check_docs_row(name, params_10, mult_adds(model))
+
+
+def _check_docs_row(name, params, adds):
+    """docs/MODELS.md's row of `name` is the one `python -m models.describe` prints for the model as built."""
+    entry = get_entry(name)
+    expected = markdown_table([Row(name, params, adds, entry.paper, entry.paper_params)]).splitlines()[2]
+    rows = [line for line in MODELS_MD.read_text().splitlines() if line.startswith(f"| `{name}` |")]
+    assert rows == [expected], f"docs/MODELS.md is stale for {name}: run python -m models.describe > docs/MODELS.md"
+
+
+def test_models_md_is_what_describe_prints():
+    """Around the rows (each checked where its model is built above): the header, the table's head, every
+    registered model once and in order, nothing else."""
+    text = MODELS_MD.read_text()
+    head, table = text.split("\n## Table\n\n")
+    assert head == HEADER
+    lines = table.splitlines()
+    assert lines[:2] == markdown_table([]).splitlines()[:2]
+    assert [line.split("`")[1] for line in lines[2:]] == list_models(), \
+        "docs/MODELS.md lists other models than the registry: run python -m models.describe > docs/MODELS.md"
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if get_entry(n).paper_params])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import execution
 import fused
 import models
 import padded
@@ -26,6 +27,11 @@ def twins(build, fuse=False):
         fused.use_fused_batch_norm(stock)
         fused.use_fused_batch_norm(fast)
     return stock, fast, padded.pad_channels(fast)
+
+
+def padded_layers(model):
+    """{name: (zero input channels, zero output channels)} of the padded layers of `model`."""
+    return {l.name: padded.padded_channels(l) for l in model.layers if padded.padded_channels(l) != (0, 0)}
 
 
 def assert_padded_equal(actual, expected, ulps=8):
@@ -48,8 +54,7 @@ def step(model, x, traced=False):
 def test_lenet_pads_its_six_channels_and_computes_the_same(traced):
     stock, fast, count = twins(lambda: models.create_model("lenet", num_classes=10))
     assert count == 1
-    assert {l.name: l._padded_channels for l in fast.layers if hasattr(l, "_padded_channels")} == \
-        {"conv1": (0, 2), "conv2": (2, 0)}
+    assert padded_layers(fast) == {"conv1": (0, 2), "conv2": (2, 0)}
     x = rng.normal(size=(16, 32, 32, 3)).astype("float32")
     (y_stock, g_stock), (y_fast, g_fast) = step(stock, x, traced), step(fast, x, traced)
     # The padded convolutions add only exact zeros to the same products, and on every CPU measured the
@@ -149,8 +154,8 @@ def test_pads_fused_batch_norms_where_it_can_prove_exact(build, expected):
     stock, fast, count = twins(build, fuse=True)
     assert count == expected
     bn = fast.get_layer("bn0") if any(l.name == "bn0" for l in fast.layers) else fast.get_layer("bn1")
-    assert getattr(bn, "_padded_channels", (0, 0))[1] == (-bn.moving_mean.shape[0] % 8 if expected else 0)
-    assert fused.is_fused(bn)  # still the fused kernel call, reading _padded_channels
+    assert padded.padded_channels(bn) == (0, -bn.moving_mean.shape[0] % 8 if expected else 0)
+    assert fused.is_fused(bn)  # still the fused kernel call, with the extra channels it was asked for
     x = rng.normal(size=(4, 12, 12, 3)).astype("float32")
     (y_stock, g_stock), (y_fast, g_fast) = step(stock, x), step(fast, x)
     np.testing.assert_allclose(y_fast, y_stock, rtol=1e-6, atol=1e-6)
@@ -166,7 +171,7 @@ def test_pads_fused_batch_norms_where_it_can_prove_exact(build, expected):
 
 def test_a_batch_norm_keras_computes_is_not_padded():
     stock, fast, count = twins(chain(after=("batchnorm", "conv")))
-    assert count == 0 and not hasattr(fast.get_layer("bn0"), "_padded_channels")
+    assert count == 0 and padded.padded_channels(fast.get_layer("bn0")) == (0, 0)
 
 
 def small_densenet(activation=None):
@@ -190,7 +195,7 @@ def test_densenet_pads_its_batch_norms_and_computes_the_same(traced):
     keras.utils.set_random_seed(1)
     stock, fast, count = twins(lambda: small_densenet("softplus"), fuse=True)
     assert count == 3  # the first layer's batch norm in each block: 24 + 12 = 36 channels
-    assert {l.name: l._padded_channels for l in fast.layers if hasattr(l, "_padded_channels")} == {
+    assert padded_layers(fast) == {
         **{f"block{b}_layer2_1_bn": (0, 4) for b in (1, 2, 3)}, **{f"block{b}_layer2_conv1": (4, 0) for b in (1, 2, 3)}}
     x = rng.normal(size=(8, 16, 16, 3)).astype("float32")
     for _ in range(2):  # the second step from the moving statistics the first one updated
@@ -208,7 +213,8 @@ def test_registry_models_pad_what_their_channel_counts_call_for(name, expected):
     model = models.create_model(name, num_classes=10)
     fused.use_fused_batch_norm(model)
     assert padded.pad_channels(model) == expected
-    padded_bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization) and hasattr(l, "_padded_channels")]
+    padded_bns = [model.get_layer(name) for name in padded_layers(model)
+                  if isinstance(model.get_layer(name), keras.layers.BatchNormalization)]
     assert len(padded_bns) == expected and all(l.moving_mean.shape[0] % 8 for l in padded_bns)
 
 
@@ -254,16 +260,6 @@ def test_padded_model_saves_as_stock_and_reloads_unpadded(tmp_path, name):
         assert_padded_equal(loaded.predict(x, verbose=0), fast.predict(x, verbose=0))
     else:  # Keras' batch norm when loaded, the fused kernel before: equal to float32 rounding
         np.testing.assert_allclose(loaded.predict(x, verbose=0), fast.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
-
-
-def test_train_pads_on_cpus_by_default_and_not_on_gpus():
-    cpu = train.distribute.Placement(None, "default", ["/cpu:0"], 1, True, 0, 1)
-    cpus = train.distribute.Placement(None, "mirrored", ["/device:CPU:0", "/device:CPU:1"], 2, True, 0, 1)
-    gpu = train.distribute.Placement(None, "one_device", ["/gpu:0"], 1, True, 0, 1)
-    assert [train.choose_channel_padding("auto", p) for p in (cpu, cpus, gpu)] == ["on", "on", "off"]
-    assert train.choose_channel_padding("on", gpu) == "on" and train.choose_channel_padding("off", cpu) == "off"
-    with pytest.raises(train.TrainError, match="--channel-padding must be one of auto, on, off, not 'yes'"):
-        train.choose_channel_padding("yes", cpu)
 
 
 def test_train_pads_new_resumed_and_evaluated_models_as_recorded(tiny_cifar, tmp_path, monkeypatch):

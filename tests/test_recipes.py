@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 import data
+import execution
 import series
 import train
+from errors import TrainError
+from settings import resolve_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 rng = np.random.default_rng(0)
@@ -78,11 +81,11 @@ def test_flip_mirrors_every_image():
 
 
 def test_label_smoothing_reaches_the_loss():
-    settings, _ = train.resolve_settings("lenet", label_smoothing=0.1, epochs=1)
-    model = train.build_model(settings, steps_per_epoch=1)
+    settings, _ = resolve_settings("lenet", label_smoothing=0.1, epochs=1)
+    model = execution.build_model(settings, execution.plan(settings, channel_padding="off"), steps_per_epoch=1)
     assert model.loss.label_smoothing == pytest.approx(0.1)
-    with pytest.raises(train.TrainError, match=r"label smoothing must be in \[0, 1\)"):
-        train.resolve_settings("lenet", label_smoothing=1.0)
+    with pytest.raises(TrainError, match=r"label smoothing must be in \[0, 1\)"):
+        resolve_settings("lenet", label_smoothing=1.0)
 
 
 def test_summary_arithmetic():

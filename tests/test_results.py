@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 
 import data
+import execution
 import models
 import series
 import train
 from conftest import ROOT
 from results import __main__ as cli
 from results import runs, table, throughput
+from settings import SETTINGS
+from settings import resolve_settings
 
 TINY = ["--val-split", "40", "--batch-size", "32"]
 # The series run's settings given as flags, in train.py's order.
@@ -93,7 +96,7 @@ def test_rows_are_the_mean_and_std_of_the_runs_metrics(built, tiny_runs):
     # The recipe's lr 0.01 scaled linearly to batch 32, its milestones (100, 150 of 200) to 2 epochs.
     assert row["schedule"] == "step 0.0025, x0.5 at 1"
     assert row["weight_decay"] == "0.0001" and row["precision"] == "float32"
-    assert row["machine"] == train.machine()
+    assert row["machine"] == execution.machine()
     config = json.loads((tiny_runs / "exp" / "lenet-seed0" / "config.json").read_text())
     assert row["data"].startswith("cifar-10-batches-py, 160/40/40 train/val/test images, ")
     assert row["data"].endswith(f", val split {config['data']['val_indices_sha256'][:8]}")
@@ -172,7 +175,7 @@ def test_older_runs_without_the_newer_records(built, tmp_path):
     row = read_csv(old / "table.csv")[0]
     kept = metrics_of(out / "runs" / "lenet-exp-seed0")["last_epoch_test_accuracy"]
     assert row["last_epoch_test_runs"] == "1" and float(row["last_epoch_test_accuracy_mean"]) == round(kept * 100, 2)
-    assert row["machine"] == f"{train.machine()}; not recorded (1 run)"
+    assert row["machine"] == f"{execution.machine()}; not recorded (1 run)"
     assert f"| {kept * 100:.2f} (1 of 2 runs) |" in (old / "README.md").read_text()
     path = old / "runs" / "lenet-exp-seed0" / "metrics.json"
     m = json.loads(path.read_text())
@@ -196,8 +199,8 @@ def round_trip(config):
     tokens = table.reconstructed_command(config)
     assert tokens[0] == "train.py"
     args = train.build_parser().parse_args(tokens[1:])
-    overrides = {k: v for k, v in vars(args).items() if k in train.SETTINGS and v is not None}
-    return train.resolve_settings(args.model, **overrides)[0]
+    overrides = {k: v for k, v in vars(args).items() if k in SETTINGS and v is not None}
+    return resolve_settings(args.model, **overrides)[0]
 
 
 def test_the_rebuilt_command_of_a_series_run_resolves_to_its_settings(built, tiny_runs):
@@ -220,7 +223,7 @@ def test_the_rebuilt_command_of_a_series_run_resolves_to_its_settings(built, tin
     dict(schedule="exponential", lr_gamma=0.9, augment="none", preprocess="scale", val_split=0, label_smoothing=0.1),
 ])
 def test_rebuilt_commands_resolve_to_the_same_settings(overrides):
-    settings, sources = train.resolve_settings("resnet20", **overrides)
+    settings, sources = resolve_settings("resnet20", **overrides)
     assert round_trip({"settings": settings, "sources": sources, "command": None}) == settings
 
 
@@ -268,7 +271,7 @@ def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
     assert cli.main(["throughput", "--models", "lenet", "--steps", "2", "--warmup", "1", "--out", str(csv_path)]) == 0
     (row,) = read_csv(csv_path)
     ips = float(row["images_per_second"])
-    assert row["model"] == "lenet" and row["machine"] == train.machine() and ips > 0
+    assert row["model"] == "lenet" and row["machine"] == execution.machine() and ips > 0
     assert row["command"].startswith("python -m results throughput --models lenet --batch 128 --steps 2")
     gpu = {"model": "lenet", "machine": "GPU: Example GPU", "images_per_second": "100000.0",
            "command": "by hand, for this test", "measured": "2026-01-01"}

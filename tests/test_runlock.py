@@ -6,10 +6,10 @@ import sys
 import pytest
 
 import runlock
+from conftest import ROOT
 
 HOLDER = """
 import sys, time
-sys.path.insert(0, sys.argv[2])
 import runlock
 with runlock.hold(sys.argv[1]):
     print("held", flush=True)
@@ -19,8 +19,8 @@ with runlock.hold(sys.argv[1]):
 
 def _holder(path):
     """A process holding the lock of `path` (killed by the caller)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(runlock.__file__.rsplit("/", 1)[0])],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.readline().strip() == "held"
     return proc
 

@@ -1,6 +1,5 @@
 """Tests of htd/: schedule values against their formulas, saving, and the command line."""
 
-import argparse
 import csv
 import io
 import json
@@ -13,8 +12,7 @@ import pytest
 
 import htd
 from htd.__main__ import main
-from htd.schedules import SCHEDULES, add_schedule_arguments, evaluate, lr_per_epoch, make_schedule, \
-    schedule_kwargs
+from htd.schedules import SCHEDULES, evaluate, lr_per_epoch, make_schedule
 
 EPOCHS, SPE, BASE = 12, 5, 0.1
 END = EPOCHS * SPE  # the step after the last one
@@ -326,25 +324,6 @@ def test_other_schedules_settings_are_ignored():
     s = make_schedule("htd", base_lr=BASE, epochs=EPOCHS, steps_per_epoch=SPE, milestones=[99, 1],
                       factor=[7.0], min_lr=5.0, gamma=9.0)
     assert isinstance(s, htd.HTDSchedule)
-
-
-def test_schedule_arguments():
-    parser = argparse.ArgumentParser()
-    add_schedule_arguments(parser)
-    empty = parser.parse_args([])
-    for dest in ("schedule", "lr_milestones", "lr_factor", "htd_bounds", "warmup_epochs", "min_lr",
-                 "lr_gamma", "schedule_per"):
-        assert getattr(empty, dest) is None
-    assert schedule_kwargs(empty) == {}
-    full = parser.parse_args(
-        "--schedule step --lr-milestones 100 150 --lr-factor 0.5 0.2 --htd-bounds -4 2 "
-        "--warmup-epochs 5 --min-lr 0.001 --lr-gamma 0.9 --schedule-per epoch".split())
-    kwargs = schedule_kwargs(full)
-    assert kwargs == dict(milestones=[100, 150], factor=[0.5, 0.2], bounds=(-4.0, 2.0),
-                          warmup_epochs=5, min_lr=0.001, gamma=0.9, per="epoch")
-    assert schedule_kwargs(parser.parse_args(["--lr-factor", "0.1"])) == dict(factor=0.1)
-    assert make_schedule(full.schedule, base_lr=0.1, epochs=200, steps_per_epoch=10,
-                         **kwargs).milestones == [100, 150]
 
 
 def run(argv):

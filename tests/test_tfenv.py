@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import patches
 import tfenv
 from conftest import ROOT
 
@@ -18,8 +19,8 @@ ENTRY_POINTS = {
     "python -m htd": "import htd.__main__",
 }
 
-REPORT = ("import json, sys, os, tfenv, keras; "
-          "print(json.dumps([tfenv.LOADED_TOO_LATE, os.environ.get('TF_ENABLE_ONEDNN_OPTS'), tfenv.onednn_enabled(), "
+REPORT = ("import json, sys, os, tfenv, keras, patches; "
+          "print(json.dumps([tfenv.LOADED_TOO_LATE, os.environ.get('TF_ENABLE_ONEDNN_OPTS'), patches.onednn_enabled(), "
           "keras.backend.backend()]))")
 SETTINGS = ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")
 
@@ -48,8 +49,8 @@ def reports(tmp_path_factory):
         f"import train; {REPORT}", {"TF_ENABLE_ONEDNN_OPTS": "0", "KERAS_HOME": str(keras_home)})
     cases["tensorflow imported first"] = (f"import tensorflow; {REPORT}", {})
     # Whether this TensorFlow build runs oneDNN kernels when asked to (x86 Linux builds do).
-    cases["oneDNN available"] = ("import json, tensorflow; from tensorflow.python.util import _pywrap_util_port as u; "
-                                 "print(json.dumps(u.IsMklEnabled()))", {"TF_ENABLE_ONEDNN_OPTS": "1"})
+    cases["oneDNN available"] = ("import json, tensorflow, patches; print(json.dumps(patches.onednn_enabled()))",
+                                 {"TF_ENABLE_ONEDNN_OPTS": "1"})
     procs = {name: run_python(code, **env) for name, (code, env) in cases.items()}
     return {name: report(proc) for name, proc in procs.items()}
 
@@ -71,4 +72,4 @@ def test_tensorflow_loaded_first_is_noticed(reports):
 def test_this_process_runs_onednn_kernels(reports):
     """The test suite itself measures the default path: conftest imports tfenv before TensorFlow."""
     assert not tfenv.LOADED_TOO_LATE
-    assert tfenv.onednn_enabled() == reports["oneDNN available"]
+    assert patches.onednn_enabled() == reports["oneDNN available"]

@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 import data
-import tfenv
+import execution
+import loop
+import patches
+import runfolder
 import train
+from errors import TrainError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +70,7 @@ def test_end_to_end_writes_every_file(tiny_cifar, tmp_path, capsys):
     last = keras.saving.load_model(run / "last.keras", compile=False)
     last_logits = last.predict(data.make_dataset(x_test, y_test, 64), verbose=0)
     assert metrics["last_epoch_test_accuracy"] == pytest.approx(np.mean(last_logits.argmax(1) == y_test))
-    assert metrics["machines"] == {train.machine(): 3} and "cores" in train.machine()
+    assert metrics["machines"] == {execution.machine(): 3} and "cores" in execution.machine()
     # best.keras loads in a process that has nothing of this project imported.
     probe = subprocess.run([sys.executable, "-c", "import sys, keras; print(keras.saving.load_model(sys.argv[1]).name)",
                             str(run / "best.keras")], capture_output=True, text=True, timeout=120, cwd="/")
@@ -76,7 +80,7 @@ def test_end_to_end_writes_every_file(tiny_cifar, tmp_path, capsys):
 def test_learns_the_tiny_set(tiny_cifar, tmp_path):
     """Colour tells the class in the tiny set: a working loop gets far above chance (0.1)."""
     root, _ = tiny_cifar
-    metrics = train.train("lenet", loaded=data.load_cifar10(root, verbose=False), run_dir=tmp_path / "r",
+    metrics = loop.train("lenet", loaded=data.load_cifar10(root, verbose=False), run_dir=tmp_path / "r",
                           epochs=6, val_split=40, batch_size=16, verbose=0)
     assert metrics["val_accuracy"] > 0.5
     assert metrics["test_accuracy"] > 0.5
@@ -117,7 +121,7 @@ def test_bad_settings_exit_with_one_line(extra, message, tiny_cifar, tmp_path, c
 def test_another_keras_backend_is_refused_before_anything_is_written(tiny_cifar, tmp_path, capsys, monkeypatch):
     """Under KERAS_BACKEND=jax, tf.distribute and the fused kernels would be silently left out."""
     root, _ = tiny_cifar
-    monkeypatch.setattr(train.keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     assert train.main(tiny_args(root, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: train.py trains on Keras' TensorFlow backend") and "not 'jax'" in err
@@ -223,19 +227,6 @@ def test_sigkill_and_rerun_resumes(tiny_cifar, tmp_path):
 
 # --------------------------------------------------------------------------- settings
 
-def test_recipe_flags_and_scaled_milestones():
-    settings, sources = train.resolve_settings("resnet20", epochs=100, lr=0.05)
-    assert settings["lr"] == 0.05 and sources["lr"] == "flag"
-    assert settings["weight_decay"] == 1e-4 and sources["weight_decay"] == "recipe"
-    assert settings["lr_milestones"] == [40, 61] and "scaled from 200 to 100" in sources["lr_milestones"]
-    settings, sources = train.resolve_settings("resnet20", epochs=100, lr_milestones=[10, 20])
-    assert settings["lr_milestones"] == [10, 20] and sources["lr_milestones"] == "flag"
-    settings, _ = train.resolve_settings("lenet", epochs=4)
-    assert settings["lr_milestones"] == [2, 3] and settings["lr_factor"] == [0.5, 0.2]
-    settings, _ = train.resolve_settings("lenet", epochs=2)
-    assert settings["lr_milestones"] == [1] and settings["lr_factor"] == [0.5]
-
-
 def test_describe_recipe_prints_resolved_settings(capsys):
     assert train.main(["--model", "resnet56", "--describe-recipe", "--batch-size", "64"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -283,11 +274,11 @@ def test_steps_per_execution_runs_the_same_steps(tiny_cifar, tmp_path, capsys):
         assert train.main(tiny_args(root, run, "--epochs", "2", "--steps-per-execution", str(k))) == 0
     default = tmp_path / "default"
     assert train.main(tiny_args(root, default, "--epochs", "1")) == 0
-    execution = {k: json.loads((run / "metrics.json").read_text())["execution"] for k, run in runs.items()}
-    assert execution[1]["steps_per_execution"] == 1 and execution[3]["steps_per_execution"] == 3
-    assert execution[1]["onednn"] is tfenv.onednn_enabled()  # which kernels ran is on record
+    record = {k: json.loads((run / "metrics.json").read_text())["execution"] for k, run in runs.items()}
+    assert record[1]["steps_per_execution"] == 1 and record[3]["steps_per_execution"] == 3
+    assert record[1]["onednn"] is patches.onednn_enabled()  # which kernels ran is on record
     assert json.loads((default / "config.json").read_text())["execution"]["steps_per_execution"] == \
-        train.STEPS_PER_EXECUTION
+        execution.STEPS_PER_EXECUTION
     one, three = (keras.saving.load_model(run / "last.keras") for run in runs.values())
     assert (one.steps_per_execution, three.steps_per_execution) == (1, 3)  # as compiled and saved
     assert one.optimizer.iterations.numpy() == three.optimizer.iterations.numpy() > 3
@@ -319,28 +310,6 @@ def test_precomputed_and_streamed_batches_train_alike(tiny_cifar, tmp_path):
             [float(r[key]) for r in read_history(runs["streamed"])], rel=1e-5)
 
 
-def test_where_the_batches_are_computed():
-    settings, _ = train.resolve_settings("lenet")
-    cpu, gpu = (train.distribute.Placement(None, kind, ["d"], 1, True, 0, 1) for kind in ("default", "one_device"))
-    two = train.distribute.Placement(None, "mirrored", ["a", "b"], 2, True, 0, 1)
-    assert train.choose_batches("auto", settings, cpu) == "precomputed"
-    assert train.choose_batches("auto", settings, gpu) == "streamed"  # the pipeline hides behind a GPU's step
-    assert train.choose_batches("auto", settings, two) == "streamed"
-    assert train.choose_batches("auto", {**settings, "augment": "none"}, cpu) == "precomputed"
-    for other in ({"augment": "kaggle"}, {"cutout": 16}, {"mixup": 0.2}):  # computed per batch only
-        assert train.choose_batches("auto", {**settings, **other}, cpu) == "streamed"
-        with pytest.raises(train.TrainError, match="use --batches streamed"):
-            train.choose_batches("precomputed", {**settings, **other}, cpu)
-    assert train.choose_batches("precomputed", settings, gpu) == "precomputed"
-    assert train.choose_batches("streamed", settings, cpu) == "streamed"
-    with pytest.raises(train.TrainError, match="feeds one device; this run has 2 replicas"):
-        train.choose_batches("precomputed", settings, two)
-    with pytest.raises(train.TrainError, match="--batches must be one of auto, precomputed, streamed"):
-        train.choose_batches("ahead", settings, cpu)
-
-
-# --------------------------------------------------------------------------- a run folder under stress
-
 @pytest.fixture(scope="module")
 def unfinished_run(tiny_cifar, tmp_path_factory):
     """A run folder holding one committed epoch of two, as a kill after epoch 1 leaves it."""
@@ -355,11 +324,11 @@ def unfinished_run(tiny_cifar, tmp_path_factory):
     best_name = state["best"]["checkpoint"]
     if best_name != "best-0001.keras":
         (ckpt / best_name).unlink()
-        train.save_model(keras.saving.load_model(ckpt / "epoch-0001.keras", compile=False), ckpt / "best-0001.keras")
+        runfolder.save_model(keras.saving.load_model(ckpt / "epoch-0001.keras", compile=False), ckpt / "best-0001.keras")
     state.update(history=state["history"][:1], epochs_completed=1, checkpoint="epoch-0001.keras",
                  best={"epoch": 1, "val_accuracy": state["history"][0]["val_accuracy"], "checkpoint": "best-0001.keras"})
     (run / "state.json").write_text(json.dumps(state))
-    train.RunFolder(run).sync(state)
+    runfolder.RunFolder(run).sync(state)
     return run
 
 
@@ -509,7 +478,7 @@ def test_a_series_and_an_ensemble_output_are_owned_by_one_process(tiny_cifar, un
     out = tmp_path / "series"
     out.mkdir()
     with runlock.hold(out):
-        with pytest.raises(train.TrainError, match=f"{out} is in use by another process \\(pid {os.getpid()}\\)"):
+        with pytest.raises(TrainError, match=f"{out} is in use by another process \\(pid {os.getpid()}\\)"):
             series.run_grid("lenet", {"a": {}}, [0], out, data_dir=root, epochs=1, val_split=40, batch_size=32)
     assert not (out / "runs").exists()
     report = tmp_path / "ensemble.json"
@@ -522,7 +491,7 @@ def test_a_series_and_an_ensemble_output_are_owned_by_one_process(tiny_cifar, un
 def _enospc_on(monkeypatch, name_part):
     """save_model fails with a full disk on the files whose name contains `name_part`, after half a file."""
     import errno
-    original = train.save_model
+    original = runfolder.save_model
 
     def save_model(model, path):
         if name_part in Path(path).name:
@@ -531,7 +500,7 @@ def _enospc_on(monkeypatch, name_part):
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
         return original(model, path)
 
-    monkeypatch.setattr(train, "save_model", save_model)
+    monkeypatch.setattr(runfolder, "save_model", save_model)
 
 
 @pytest.mark.parametrize("failing", ["epoch-0002", "best-0002"])
@@ -584,7 +553,7 @@ def test_a_really_full_disk_stops_with_one_line(tiny_cifar, tmp_path):
         assert f"as it was after epoch {state['epochs_completed']}" in errors[0]
         left = {p.name for p in (run / "checkpoints").iterdir()}
         assert left == {state["checkpoint"], state["best"]["checkpoint"]} and not list(run.rglob(".*.tmp*"))
-        train.RunFolder(run).load_model(Path("checkpoints") / state["checkpoint"])  # intact
+        runfolder.RunFolder(run).load_model(Path("checkpoints") / state["checkpoint"])  # intact
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 
@@ -644,7 +613,7 @@ def test_after_a_nan_with_epochs_committed_the_advice_names_another_folder(unfin
                                                                             capsys, monkeypatch):
     root, _ = tiny_cifar
     run = copy_run(unfinished_run, tmp_path / "run")
-    monkeypatch.setattr(train.keras.callbacks.TerminateOnNaN, "on_batch_end",
+    monkeypatch.setattr(keras.callbacks.TerminateOnNaN, "on_batch_end",
                         lambda self, batch, logs=None: setattr(self.model, "stop_training", True))
     assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
     line = one_error_line(capsys)
@@ -661,7 +630,7 @@ def test_a_full_disk_under_tensorboards_log_is_one_line_too(unfinished_run, tiny
     def full(*args, **kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, "events.out.tfevents; No space left on device")
 
-    monkeypatch.setattr(train.tf.summary, "scalar", full)
+    monkeypatch.setattr(loop.tf.summary, "scalar", full)
     assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
     line = one_error_line(capsys)
     assert f"the disk holding {run} is full" in line and "tensorboard" in line and "after epoch 2" in line

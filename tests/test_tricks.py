@@ -2,7 +2,7 @@ import csv
 
 import pytest
 
-import train
+from settings import resolve_settings
 from tricks import lenet_ablation as ablation
 
 
@@ -17,9 +17,9 @@ def test_each_variant_adds_exactly_one_thing():
 
 
 def test_base_really_has_none_of_the_tricks():
-    settings, _ = train.resolve_settings("lenet", **ablation.variant_overrides("base"))
+    settings, _ = resolve_settings("lenet", **ablation.variant_overrides("base"))
     assert settings["preprocess"] == "scale" and settings["augment"] == "none" and settings["weight_decay"] == 0
-    full, _ = train.resolve_settings("lenet", **ablation.variant_overrides("dp_da_wd"))
+    full, _ = resolve_settings("lenet", **ablation.variant_overrides("dp_da_wd"))
     assert full["preprocess"] == "standardize" and full["augment"] == "standard" and full["weight_decay"] == 1e-4
     with pytest.raises(ValueError, match="unknown variant 'bn'"):
         ablation.variant_overrides("bn")

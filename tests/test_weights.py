@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import models
+import runfolder
 import train
 from models import registry
 
@@ -192,13 +193,13 @@ def test_a_run_started_from_weights_resumes_from_its_own_checkpoint(source_run, 
     shutil.copytree(source_run, source)
     run = tmp_path / "run"
     args = tiny_args(root, run, "--init-from", str(source), "--epochs", "2")
-    commit = train.RunFolder.commit
+    commit = runfolder.RunFolder.commit
 
     def commit_then_stop(self, model, state, row, is_best):
         commit(self, model, state, row, is_best)
         raise KeyboardInterrupt  # as a Ctrl-C after epoch 1
 
-    monkeypatch.setattr(train.RunFolder, "commit", commit_then_stop)
+    monkeypatch.setattr(runfolder.RunFolder, "commit", commit_then_stop)
     assert train.main(args) == 130
     monkeypatch.undo()
     record = json.loads((run / "config.json").read_text())["init_from"]

@@ -1,6 +1,6 @@
 """The LeNet tricks ablation: baseline, + preprocessing, + augmentation, + weight decay.
 
-    python tricks/lenet_ablation.py --data-dir ../shared/data --out runs/tricks --epochs 200 --seeds 0 1 2
+    python -m tricks.lenet_ablation --data-dir ../shared/data --out runs/tricks --epochs 200 --seeds 0 1 2
 
 Each variant is its parent plus exactly one change (the table VARIANTS), passed as overrides to
 the one training function through series.run_grid: every (variant, seed) is its own run folder
@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import data  # noqa: E402
-import series  # noqa: E402
-import train  # noqa: E402
+import data
+import series
+from errors import TrainError
 
 MODEL = "lenet"
 
@@ -111,7 +109,7 @@ def main(argv=None):
     try:
         variants = {name: variant_overrides(name) for name in a.variants}
         results = series.run_grid(MODEL, variants, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **common)
-    except (train.TrainError, data.DataError, OSError) as e:
+    except (TrainError, data.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = summarise(results)

@@ -1,0 +1,66 @@
+"""execution.py: how a step executes on this machine, and the one builder of a model ready to train."""
+
+import numpy as np
+import pytest
+
+import distribute
+import execution
+from bench import train_speed
+from errors import TrainError
+from settings import resolve_settings
+
+
+def test_where_the_batches_are_computed():
+    settings, _ = resolve_settings("lenet")
+    cpu, gpu = (distribute.Placement(None, kind, ["d"], 1, True, 0, 1) for kind in ("default", "one_device"))
+    two = distribute.Placement(None, "mirrored", ["a", "b"], 2, True, 0, 1)
+    assert execution.choose_batches("auto", settings, cpu) == "precomputed"
+    assert execution.choose_batches("auto", settings, gpu) == "streamed"  # the pipeline hides behind a GPU's step
+    assert execution.choose_batches("auto", settings, two) == "streamed"
+    assert execution.choose_batches("auto", {**settings, "augment": "none"}, cpu) == "precomputed"
+    for other in ({"augment": "kaggle"}, {"cutout": 16}, {"mixup": 0.2}):  # computed per batch only
+        assert execution.choose_batches("auto", {**settings, **other}, cpu) == "streamed"
+        with pytest.raises(TrainError, match="use --batches streamed"):
+            execution.choose_batches("precomputed", {**settings, **other}, cpu)
+    assert execution.choose_batches("precomputed", settings, gpu) == "precomputed"
+    assert execution.choose_batches("streamed", settings, cpu) == "streamed"
+    with pytest.raises(TrainError, match="feeds one device; this run has 2 replicas"):
+        execution.choose_batches("precomputed", settings, two)
+    with pytest.raises(TrainError, match="--batches must be one of auto, precomputed, streamed"):
+        execution.choose_batches("ahead", settings, cpu)
+
+
+# --------------------------------------------------------------------------- a run folder under stress
+
+def test_train_pads_on_cpus_by_default_and_not_on_gpus():
+    cpu = distribute.Placement(None, "default", ["/cpu:0"], 1, True, 0, 1)
+    cpus = distribute.Placement(None, "mirrored", ["/device:CPU:0", "/device:CPU:1"], 2, True, 0, 1)
+    gpu = distribute.Placement(None, "one_device", ["/gpu:0"], 1, True, 0, 1)
+    assert [execution.choose_channel_padding("auto", p) for p in (cpu, cpus, gpu)] == ["on", "on", "off"]
+    assert execution.choose_channel_padding("on", gpu) == "on" and execution.choose_channel_padding("off", cpu) == "off"
+    with pytest.raises(TrainError, match="--channel-padding must be one of auto, on, off, not 'yes'"):
+        execution.choose_channel_padding("yes", cpu)
+
+
+def test_the_benchmark_builds_the_model_the_loop_builds():
+    """bench/train_speed.py's model is execution.build_model's: the same layers, weights and compiled step."""
+    s, sources = resolve_settings("lenet", batch_size=8, epochs=1)
+    plan = execution.plan(s, sources, steps_per_execution=1)
+    with execution.scope(plan):
+        built = execution.build_model(s, plan, steps_per_epoch=3)
+    measured, _, setup = train_speed.prepare("lenet", batch=8, steps=2, warmup=1, steps_per_execution=1)
+    assert measured.get_config() == built.get_config()
+    for a, b in zip(measured.get_weights(), built.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the same seed, the same initialisation
+    assert (setup["batch_norm"], setup["channel_padding"], setup["batches"]) == (
+        plan.record["batch_norm"], plan.record["channel_padding"], plan.record["batches"])
+
+
+def test_bad_execution_options_are_one_line_errors():
+    s, _ = resolve_settings("lenet")
+    with pytest.raises(TrainError, match="--steps-per-execution must be a whole number >= 1, not 0"):
+        execution.plan(s, steps_per_execution=0)
+    with pytest.raises(TrainError, match="--batches must be one of auto, precomputed, streamed, not 'ahead'"):
+        execution.plan(s, batches="ahead")
+    plan = execution.plan(s)  # one device here: train.py's defaults, on record
+    assert plan.record["steps_per_execution"] == execution.STEPS_PER_EXECUTION and plan.record["replicas"] == 1
