@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
 
 import train

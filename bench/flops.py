@@ -14,8 +14,6 @@ import json
 import statistics
 import time
 
-import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
-
 import tensorflow as tf
 
 from models import create_model

@@ -12,8 +12,6 @@ import json
 import statistics
 import time
 
-import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
-
 import keras
 import tensorflow as tf
 

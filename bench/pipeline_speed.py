@@ -18,8 +18,6 @@ import json
 import statistics
 import time
 
-import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
-
 import numpy as np
 import tensorflow as tf
 

@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import tfenv  # noqa: F401  (before tensorflow: it reads its settings when it loads)
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 

@@ -23,7 +23,6 @@ import importlib
 import json
 import time
 
-import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
 import numpy as np
 

@@ -355,3 +355,22 @@ def test_the_committed_table_is_what_its_committed_runs_give(tmp_path):
     for name in ("table.csv", "README.md"):
         assert (out / name).read_text() == (committed / name).read_text(), name
     assert (tmp_path / "README.md").read_text() == (ROOT / "README.md").read_text()
+
+
+def test_the_jpeg_experiment_recompresses_only_the_training_part(tiny_cifar, monkeypatch):
+    """results.jpeg_cost: both variants share labels, test set and the exact validation images; only the
+    training images the loop will train on go through the JPEG round trip."""
+    from results import jpeg_cost
+
+    root, _ = tiny_cifar
+    monkeypatch.setattr(jpeg_cost, "EXACT_TRAIN_IMAGES", 150)
+    full = data.load_cifar10(root, verbose=False)
+    variants = jpeg_cost.subsets(full, val_split=30, split_seed=0)
+    exact, recompressed = variants["exact"], variants["jpeg75"]
+    train_idx, val_idx = data.stratified_split(exact.y_train, 30, 0)
+    np.testing.assert_array_equal(exact.x_train, full.x_train[:150])
+    np.testing.assert_array_equal(recompressed.y_train, exact.y_train)
+    np.testing.assert_array_equal(recompressed.x_train[val_idx], exact.x_train[val_idx])
+    np.testing.assert_array_equal(recompressed.x_test, full.x_test)
+    error = np.abs(recompressed.x_train[train_idx].astype(int) - exact.x_train[train_idx]).mean(axis=(1, 2, 3))
+    assert (error > 0).all() and error.mean() < 60  # every image changed, none replaced by something else

@@ -11,8 +11,9 @@ import patches
 import tfenv
 from conftest import ROOT
 
-# Each entry point as a user starts it, stopped right after its imports. (tricks/ and bench/ import
-# train or tfenv first, as train.py does; ensemble.py and htd import keras themselves.)
+# Each entry point as a user starts it, stopped right after its imports. (tricks/ imports series, and
+# bench/__init__.py tfenv, first; ensemble.py and htd import keras themselves. tests/test_layout.py checks
+# that every module importing Keras or TensorFlow imports tfenv before them.)
 ENTRY_POINTS = {
     "train.py": "import train",
     "ensemble.py": "import ensemble",
