@@ -98,8 +98,6 @@ def add_arguments(parser, names, *, aliases=None):
         if s.group not in groups:
             groups[s.group] = parser if s.group == "training" else parser.add_argument_group("learning-rate schedule")
         options = {"default": None, **s.argparse, **({"help": s.help} if s.help else {})}
-        if options.get("action") == "store_true":
-            options["default"] = None
         groups[s.group].add_argument(s.flag, *(aliases or {}).get(name, ()), dest=name, **options)
     return parser
 

@@ -88,8 +88,8 @@ def main(argv=None, **hooks):
                        **{k: getattr(args, k) for k in execution.OPTIONS}, **hooks)
         series_out = Path(args.run_dir or Path("runs") / args.model)  # with --seeds
         if args.init_from is not None:
-            # The file is checked before a run folder is made (with h5py alone: TensorFlow must not start before
-            # distribute.place); whether it fits the model, once the model is built. A resumed run reads its own
+            # The file is checked before a run folder is made (read with h5py: no TensorFlow op may run before
+            # distribute.place sets up the devices); whether it fits the model, once the model is built. A resumed run reads its own
             # checkpoint instead, so the file may be gone by then.
             runs = ([series.run_dir(series_out, args.model, seed) for seed in args.seeds] if args.seeds else
                     [Path(args.run_dir or default_run_dir(resolve_settings(args.model, **overrides)[0]))])

@@ -209,8 +209,8 @@ def _listed(names, limit=4):
 
 
 def weights_layout(path):
-    """{layer name: [weight shapes]} of a .weights.h5 or .keras file, read without TensorFlow (h5py only),
-    so that a command can check a file before TensorFlow starts; WeightsError where it is not readable."""
+    """{layer name: [weight shapes]} of a .weights.h5 or .keras file, read with h5py (no TensorFlow op runs),
+    so that a command can check a file before TensorFlow sets up its devices; WeightsError where it is not readable."""
     path = Path(path)
     try:
         with open(path, "rb") as raw, patches.saved_weights(raw, path) as (_, layers):
