@@ -1,5 +1,6 @@
-"""Which devices a run trains on: TensorFlow's own distribution strategies, chosen for the machine.
+"""Which devices a run trains on, for the Keras backend in use.
 
+TensorFlow (the default backend): its own distribution strategies, chosen for the machine.
 - `TF_CONFIG` set (the standard cluster description): `MultiWorkerMirroredStrategy` over the
   workers it lists, each using its local GPUs (or its CPU). Worker 0 (or the task of type
   "chief") is the chief: only it writes the run folder; the other workers write theirs to a
@@ -9,23 +10,40 @@
 - No GPU: the default (single-device) strategy; with `devices=N > 1`, the CPU is split into N
   logical devices and `MirroredStrategy` runs over them, so the multi-device code path can be
   exercised (and tested) anywhere. On one CPU it is slower than one device, as expected.
-
 Under any strategy but the default one, Keras' `fit` and `evaluate` need two fixes of their own
 code (patches.patch_keras_fit), applied by `place`.
 
-`--batch-size` is the global batch: each of R replicas computes on batch / R images and the
-gradients are summed, so a run on 8 GPUs with the recipe's batch follows the recipe exactly.
+JAX (`KERAS_BACKEND=jax`): Keras' own distribution API, `keras.distribution.DataParallel`, over
+all GPUs or the first `devices`; with no GPU and `devices=N > 1`, over N XLA host devices
+(`--xla_force_host_platform_device_count`, added to XLA_FLAGS here before JAX starts), the
+counterpart of TensorFlow's logical CPU devices. JAX compiles the step for the global batch as
+one program sharded over the devices, so batch normalization's statistics are those of the
+global batch, as a synchronised batch norm's would be; TensorFlow's MirroredStrategy computes them
+over each replica's share. Several machines (`TF_CONFIG`) are TensorFlow's and refused here.
+
+PyTorch (`KERAS_BACKEND=torch`): one device, the GPU where Keras finds one, else the CPU;
+Keras has no distribution API for it, so several devices and `TF_CONFIG` are refused.
+
+On every backend `--batch-size` is the global batch: each of R replicas computes on batch / R
+images and the gradients are summed, so a run on 8 GPUs with the recipe's batch follows the
+recipe exactly.
 """
 
+import contextlib
 import json
 import os
 import platform
 from dataclasses import dataclass
 
 import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
-import tensorflow as tf
+import keras
 
 import patches
+
+BACKEND = keras.backend.backend()
+BACKENDS = ("tensorflow", "jax", "torch")  # the backends a run trains on
+if BACKEND == "tensorflow":  # the other backends' processes may have no TensorFlow installed
+    import tensorflow as tf
 
 
 class DistributeError(Exception):
@@ -34,13 +52,17 @@ class DistributeError(Exception):
 
 @dataclass
 class Placement:
-    strategy: tf.distribute.Strategy
-    kind: str            # "default", "one_device", "mirrored", "multi_worker"
+    strategy: object     # a tf.distribute.Strategy, a keras.distribution.Distribution, or None (one device)
+    kind: str            # "default", "one_device", "mirrored", "multi_worker"; JAX: "data_parallel"
     devices: list        # device names of this worker's replicas
     replicas: int        # replicas in sync, over all workers
     is_chief: bool
     worker_index: int
     num_workers: int
+
+    def scope(self):
+        """The strategy's (or distribution's) scope: models built, loaded and trained inside it use its devices."""
+        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
 
 def _cluster():
@@ -69,6 +91,15 @@ def place(devices=None):
     """The strategy for this process; `devices` = how many local devices (None: all GPUs, or 1 CPU)."""
     if devices is not None and devices < 1:
         raise DistributeError(f"--devices must be a positive whole number; got {devices}")
+    if BACKEND not in BACKENDS:
+        raise DistributeError(f"KERAS_BACKEND={BACKEND}: runs train on {', '.join(BACKENDS)}")
+    if BACKEND != "tensorflow" and os.environ.get("TF_CONFIG"):
+        raise DistributeError(f"TF_CONFIG: training over several machines is TensorFlow's MultiWorkerMirroredStrategy; "
+                              f"not available on {BACKEND}: unset TF_CONFIG, or train on TensorFlow")
+    if BACKEND == "jax":
+        return _place_jax(devices)
+    if BACKEND == "torch":
+        return _place_torch(devices)
     if os.environ.get("TF_CONFIG"):
         try:
             is_chief, index, workers = _cluster()
@@ -96,6 +127,55 @@ def place(devices=None):
     return Placement(tf.distribute.get_strategy(), "default", ["/cpu:0"], 1, True, 0, 1)
 
 
+HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _place_jax(devices):
+    if devices and devices > 1 and HOST_DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        # Read when JAX starts its CPU backend, which nothing has done yet in a fresh process; it only
+        # splits the CPU, so it changes nothing where GPUs train.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {HOST_DEVICES_FLAG}={devices}".strip()
+    import jax  # the backend's own library: Keras imported it already
+
+    gpus = jax.devices() if jax.default_backend() == "gpu" else []
+    if gpus:
+        n = len(gpus) if devices is None else devices
+        if n > len(gpus):
+            raise DistributeError(f"--devices {n}: only {len(gpus)} GPU(s) visible")
+        chosen = gpus[:n]
+    else:
+        n = devices or 1
+        chosen = jax.devices("cpu")[:n]
+        if len(chosen) < n:
+            raise DistributeError(f"--devices {n}: JAX has already started with {len(chosen)} CPU device(s); split the "
+                                  f"CPU before anything else runs (a fresh process), or set XLA_FLAGS={HOST_DEVICES_FLAG}={n}")
+    names = [f"{d.platform}:{d.id}" for d in chosen]
+    if n == 1:
+        return Placement(None, "one_device" if gpus else "default", names, 1, True, 0, 1)
+    return Placement(keras.distribution.DataParallel(devices=names), "data_parallel", names, n, True, 0, 1)
+
+
+def _place_torch(devices):
+    if devices and devices > 1:
+        raise DistributeError(f"--devices {devices}: Keras' PyTorch backend trains on one device (Keras has no "
+                              "distribution API for it); train on jax or tensorflow for several")
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return Placement(None, "one_device" if gpu else "default", ["cuda:0" if gpu else "cpu:0"], 1, True, 0, 1)
+
+
+def gpu_count():
+    """GPUs the backend in use sees."""
+    if BACKEND == "jax":
+        import jax
+        return jax.device_count() if jax.default_backend() == "gpu" else 0
+    if BACKEND == "torch":
+        import torch
+        return torch.cuda.device_count()
+    return len(tf.config.list_physical_devices("GPU"))
+
+
 def check_jit(placement):
     """XLA cannot compile one step over variables mirrored on several logical CPU devices
     (TensorFlow's "tf.Variable on a different device" limitation); say so instead of failing later."""
@@ -118,7 +198,7 @@ def cpu_has_bfloat16():
 
 def mixed_precision_policy():
     """The Keras mixed-precision policy for this machine, or DistributeError saying why there is none."""
-    if tf.config.list_physical_devices("GPU"):
+    if gpu_count():
         return "mixed_float16"
     if cpu_has_bfloat16():
         return "mixed_bfloat16"

@@ -19,21 +19,24 @@ from dataclasses import dataclass
 
 import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
-import tensorflow as tf
 
 import data
 import distribute
 import fused
 import models
+import numpy_pipeline
 import padded
 import patches
 import settings as settings_
 from errors import TrainError
 
+if distribute.BACKEND == "tensorflow":  # the other backends' processes may have no TensorFlow installed
+    import tensorflow as tf
+
 # Training steps per call into TensorFlow: fewer returns to Python, the same steps. It makes a
 # LeNet epoch faster here and does not change the larger models' speed (BENCHMARKS.md).
 STEPS_PER_EXECUTION = 16
-BATCHES = ("auto", "precomputed", "streamed")
+BATCHES = ("auto", "precomputed", "streamed", "numpy")
 CHANNEL_PADDING = ("auto", "on", "off")
 OPTIONS = ("devices", "jit", "deterministic", "keras_batch_norm", "steps_per_execution", "batches",
            "channel_padding")
@@ -87,7 +90,8 @@ def add_arguments(parser):
                         help="where each epoch's training batches are computed: precomputed, all at once before "
                              "the epoch (memory: ~2 GB more for CIFAR-10), or streamed, beside the training step; "
                              "the same batches either way (default auto: precomputed on the CPU alone, streamed on "
-                             "GPUs and where --augment kaggle, --cutout or --mixup is used)")
+                             "GPUs and where --augment kaggle, --cutout or --mixup is used); numpy: the pipeline of "
+                             "Keras' other backends (numpy_pipeline.py), the only one there")
     parser.add_argument("--channel-padding", choices=CHANNEL_PADDING, default="auto",
                         help="compute convolutions and batch norms whose channels the CPU's vectors do not divide "
                              "(LeNet's 6, DenseNet's 36, 60, ...) with zero channels added: the same outputs, a "
@@ -105,15 +109,24 @@ def plan(settings, sources=None, *, devices=None, jit=False, deterministic=False
     Keras' own batch-norm ops instead of the fused kernel (fused.py); `steps_per_execution`
     training steps per call (default STEPS_PER_EXECUTION on one replica, 1 on several);
     `batches` and `channel_padding`: see choose_batches and choose_channel_padding.
-    On Keras' other backends the step is XLA-compiled (their default), with Keras' own batch norm
-    and no padding (both are TensorFlow kernels), on one device.
+    On Keras' other backends the step is compiled as Keras does by default there (XLA on JAX),
+    with Keras' own batch norm and no padding (both are TensorFlow kernels), and the batches come
+    from the numpy pipeline (numpy_pipeline.py).
     """
-    on_tensorflow = keras.backend.backend() == "tensorflow"
+    backend = distribute.BACKEND
+    on_tensorflow = backend == "tensorflow"
     if steps_per_execution is not None and not (isinstance(steps_per_execution, int) and steps_per_execution >= 1):
         raise TrainError(f"--steps-per-execution must be a whole number >= 1, not {steps_per_execution!r}")
-    if not on_tensorflow and (devices or 1) > 1:
-        raise TrainError(f"--devices {devices}: several devices train on the TensorFlow backend only "
-                         f"(tf.distribute), not on {keras.backend.backend()!r}")
+    refused = [(flag, why) for flag, given, why in (
+        ("--jit", jit and backend == "torch", "Keras' PyTorch step runs eagerly here (torch.compile is not measured)"),
+        ("--deterministic", deterministic and not on_tensorflow,
+         "it is TensorFlow's op determinism (jax repeats a CPU run exactly without it; on GPUs set "
+         "XLA_FLAGS=--xla_gpu_deterministic_ops=true)"),
+        ("--keras-batch-norm", keras_batch_norm and not on_tensorflow, "Keras' batch norm is the only one there"),
+    ) if given]
+    if refused:
+        flag, why = refused[0]
+        raise TrainError(f"{flag} is not for the {backend} backend: {why}; leave it out")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     try:
@@ -127,20 +140,23 @@ def plan(settings, sources=None, *, devices=None, jit=False, deterministic=False
         # Keras 3 fails inside the step with several replicas (keras-team/keras#19246).
         raise TrainError(f"--steps-per-execution {steps_per_execution} does not work with several replicas "
                          f"({placement.replicas} here) in Keras {keras.__version__}; leave it out")
+    if backend == "torch" and (steps_per_execution or 1) > 1:
+        raise TrainError(f"--steps-per-execution {steps_per_execution}: Keras' PyTorch backend runs one step per "
+                         "call; leave it out")
     if steps_per_execution is None:
-        steps_per_execution = STEPS_PER_EXECUTION if placement.replicas == 1 else 1
-    batches = choose_batches(batches, settings, placement)
+        steps_per_execution = STEPS_PER_EXECUTION if placement.replicas == 1 and backend != "torch" else 1
+    batches = choose_batches(batches, settings, placement, backend)
     channel_padding = choose_channel_padding(channel_padding, placement) if on_tensorflow else "off"
     if settings["batch_size"] % placement.replicas:
         raise TrainError(f"batch size {settings['batch_size']} does not split evenly over "
                          f"{placement.replicas} replicas")
     sources = sources or {}
-    record = {"strategy": placement.kind, "replicas": placement.replicas, "workers": placement.num_workers,
+    record = {"backend": backend, "strategy": placement.kind, "replicas": placement.replicas, "workers": placement.num_workers,
               "devices": placement.devices, "global_batch": settings["batch_size"],
               "per_replica_batch": settings["batch_size"] // placement.replicas,
               "lr": settings["lr"], "lr_source": sources.get("lr"), "precision": policy,
-              # On JAX and PyTorch, "auto" is Keras' default (XLA on JAX); False would run op by op.
-              "jit": bool(jit) if on_tensorflow else "auto",
+              # JAX compiles every step with XLA; Keras' PyTorch step runs eagerly.
+              "jit": bool(jit) if on_tensorflow else backend == "jax",
               "batch_norm": "keras" if keras_batch_norm or not on_tensorflow else "fused",
               "steps_per_execution": steps_per_execution, "batches": batches,
               "channel_padding": channel_padding,
@@ -149,14 +165,24 @@ def plan(settings, sources=None, *, devices=None, jit=False, deterministic=False
     return Execution(placement, policy, record)
 
 
-def choose_batches(batches, settings, placement):
+def choose_batches(batches, settings, placement, backend="tensorflow"):
     """Where each epoch's training batches are computed: "precomputed" (all at once before the
     epoch, data.EpochBatches) or "streamed" (by tf.data beside the training step, data.make_dataset);
     the same batches either way. "auto" precomputes them where the step runs on the CPU alone (one
     device, no GPU): there a pipeline beside the step takes a core from its kernels (LeNet's epoch
-    on 2 cores: BENCHMARKS.md). On a GPU the pipeline's CPU work hides behind the step: streamed."""
+    on 2 cores: BENCHMARKS.md). On a GPU the pipeline's CPU work hides behind the step: streamed.
+    On the other backends "numpy" (numpy_pipeline.py), the only one there; TensorFlow takes it too."""
     if batches not in BATCHES:
         raise TrainError(f"--batches must be one of {', '.join(BATCHES)}, not {batches!r}")
+    if backend != "tensorflow" or batches == "numpy":
+        if batches not in ("auto", "numpy"):
+            raise TrainError(f"--batches {batches} is a tf.data pipeline; on {backend} the batches come from numpy: "
+                             "leave --batches out")
+        if settings["augment"] not in numpy_pipeline.AUGMENTATIONS:
+            raise TrainError(f"--augment {settings['augment']} uses TensorFlow's image ops; the numpy pipeline "
+                             f"(--batches numpy, and every backend but tensorflow) computes --augment "
+                             f"{' or '.join(numpy_pipeline.AUGMENTATIONS)}")
+        return "numpy"
     covered = settings["augment"] in data.EpochBatches.AUGMENTATIONS and not settings["cutout"] and not settings["mixup"]
     if batches == "precomputed":
         if not covered:
@@ -191,7 +217,7 @@ def scope(execution):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(execution.policy)
     try:
-        with execution.placement.strategy.scope():
+        with execution.placement.scope():
             yield
     finally:
         keras.mixed_precision.set_global_policy(previous)

@@ -7,6 +7,7 @@ used once, at the end, on the model the validation split chose.
 
 import contextlib
 import errno
+import importlib
 import math
 import platform
 import shutil
@@ -18,16 +19,20 @@ from pathlib import Path
 import tfenv  # noqa: F401  (before keras: TensorFlow reads its settings when it loads)
 import keras
 import numpy as np
-import tensorflow as tf
 
 import data
+import distribute
 import execution as execution_
 import inference
 import models
+import numpy_pipeline
 import settings as settings_
 from errors import TrainError
 from runfolder import (HISTORY_FIELDS, RunFolder, check_same_data, data_fingerprint, default_run_dir, existing_run,
                        hold, indices_fingerprint, worker_folder, write_json)
+
+if distribute.BACKEND == "tensorflow":  # the other backends' processes may have no TensorFlow installed
+    import tensorflow as tf
 
 
 def train(model="resnet20", *, run_dir=None, data_dir=None, loaded=None, verbose="auto", command=None,
@@ -42,13 +47,10 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, loaded=None, verbose
     `on_epoch(times)`, if given, is called after each epoch's commit with the loop's own
     perf_counter times of it (pipeline seconds, fit start and end, commit seconds and end), so a
     benchmark can see the loop's parts without replacing any of them.
+    The backend is Keras' (KERAS_BACKEND; tfenv makes TensorFlow the default): distribute.py says
+    which devices each one trains on, execution.plan what else differs.
     Raises TrainError for anything the user can fix.
     """
-    if keras.backend.backend() != "tensorflow":
-        # tfenv makes TensorFlow the default; only an explicit KERAS_BACKEND gets here.
-        raise TrainError(f"train.py trains on Keras' TensorFlow backend (tf.data, tf.distribute, TensorFlow's "
-                         f"kernels), not {keras.backend.backend()!r}: unset KERAS_BACKEND (the models themselves are "
-                         f"backend-neutral; python -m bench.train_speed measures them on other backends)")
     settings, sources = settings_.resolve_settings(model, **overrides)
     execution = execution_.plan(settings, sources, devices=devices, jit=jit, deterministic=deterministic,
                                 keras_batch_norm=keras_batch_norm, steps_per_execution=steps_per_execution,
@@ -159,14 +161,32 @@ def _open(run, settings, sources, execution, dataset, data_dir, command):
     return model, state, split
 
 
+def _pipeline(settings):
+    return dict(preprocess_mode=settings["preprocess"], dataset=settings["dataset"],
+                num_classes=settings_.num_classes(settings))
+
+
+def _eval_batches(execution, images, labels, batch_size, settings, flip=False):
+    """Evaluation batches (no augmentation, the data's order), from the execution's pipeline."""
+    if execution.batches == "numpy":
+        return numpy_pipeline.Images(images, labels, flip=flip, **_pipeline(settings)).epoch(batch_size)
+    return data.make_dataset(images, labels, batch_size, flip=flip, **_pipeline(settings))
+
+
 class _Batches:
     """Each epoch's training batches, and the validation batches, where the execution computes them."""
 
     def __init__(self, settings, execution, split):
         self.settings, self.precomputed = settings, execution.batches == "precomputed"
         self.eval_batch = max(settings["batch_size"], 256)
-        self.pipeline = dict(preprocess_mode=settings["preprocess"], dataset=settings["dataset"],
-                             num_classes=settings_.num_classes(settings))
+        self.pipeline = _pipeline(settings)
+        if execution.batches == "numpy":
+            self.numpy = numpy_pipeline.Images(split.x_train, split.y_train, augment=settings["augment"],
+                                               cutout=settings["cutout"], mixup=settings["mixup"], **self.pipeline)
+            self.val = _eval_batches(execution, split.x_val, split.y_val, self.eval_batch, settings) \
+                if len(split.x_val) else None
+            return
+        self.numpy = None
         # Made once: each epoch's pipeline reads these instead of copying 138 MB into TensorFlow again.
         self.images, self.labels = tf.constant(split.x_train), tf.constant(split.y_train)
         x_val, y_val = split.x_val, split.y_val
@@ -179,6 +199,8 @@ class _Batches:
 
     def epoch(self, epoch):
         s = self.settings
+        if self.numpy is not None:
+            return self.numpy.epoch(s["batch_size"], shuffle=True, seed=s["seed"], epoch=epoch)
         if self.precomputed:
             return self.epochs.dataset(s["batch_size"], shuffle=True, seed=s["seed"], epoch=epoch)
         return data.make_dataset(self.images, self.labels, s["batch_size"], augment=s["augment"], cutout=s["cutout"],
@@ -193,7 +215,8 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
     callbacks = [timer, keras.callbacks.TerminateOnNaN(), *callbacks]
     if fit_verbose:
         callbacks.append(Progress(settings["epochs"]))
-    writer = tf.summary.create_file_writer(str(run.path / "tensorboard"))
+    # TensorBoard's log is TensorFlow's; on the other backends history.csv is the log.
+    writer = tf.summary.create_file_writer(str(run.path / "tensorboard")) if distribute.BACKEND == "tensorflow" else None
     session_start, wall_before, here = time.perf_counter(), state["wall_seconds"], execution_.machine()
 
     for epoch in range(state["epochs_completed"], settings["epochs"]):
@@ -216,10 +239,13 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
         # A resumed run may continue on another machine: epochs per machine, for honest timings.
         state.setdefault("machines", {})
         state["machines"][here] = state["machines"].get(here, 0) + 1
+        backends = state.setdefault("backends", {})  # epochs per backend: a run may resume on another one
+        backends[distribute.BACKEND] = backends.get(distribute.BACKEND, 0) + 1
         run.commit(model, state, row, is_best)
         times["commit_end"] = time.perf_counter()
         times["commit"] = times["commit_end"] - times["fit_end"]
-        _log(writer, run, row)
+        if writer is not None:
+            _log(writer, run, row)
         if on_epoch is not None:
             on_epoch(times)
 
@@ -228,6 +254,7 @@ def _run(run, settings, sources, execution, dataset, data_dir, verbose, command,
     metrics["wall_seconds"] = wall_before + time.perf_counter() - session_start
     metrics["execution"] = execution.record
     metrics["machines"] = state.get("machines") or {here: 0}
+    metrics["backends"] = state.get("backends") or {distribute.BACKEND: 0}
     return _finish(run, state, metrics)
 
 
@@ -284,8 +311,7 @@ def _final_evaluation(run, state, settings, dataset, n_train, n_val, eval_batch,
         model = execution_.adapt(run.load_model(name, compile=False), execution, training=False)
         test = {}
         for flip in (False, True):
-            ds = data.make_dataset(dataset.x_test, dataset.y_test, eval_batch, preprocess_mode=settings["preprocess"],
-                                   flip=flip, dataset=settings["dataset"], num_classes=settings_.num_classes(settings))
+            ds = _eval_batches(execution, dataset.x_test, dataset.y_test, eval_batch, settings, flip)
             test[flip] = np.asarray(keras.ops.softmax(model.predict(ds, verbose=0).astype(np.float32)))
         return test[False], (test[False] + test[True]) / 2
 
@@ -351,7 +377,8 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def _versions():
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+    backend = distribute.BACKEND
+    return {"python": platform.python_version(), backend: importlib.import_module(backend).__version__,
             "keras": keras.__version__, "numpy": np.__version__}
 
 

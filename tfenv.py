@@ -10,11 +10,10 @@ value already set in the environment wins.
   different order, so results differ from the other kernels' in the last bits (TensorFlow says as
   much when it loads). `TF_ENABLE_ONEDNN_OPTS=0` in the environment restores TensorFlow's choice.
 - `TF_CPP_MIN_LOG_LEVEL=2`: TensorFlow's C++ informational messages stay quiet.
-- `KERAS_BACKEND=tensorflow`: the models are backend-neutral Keras, but everything around them
-  (the tf.data pipeline, tf.distribute, the fused kernels) is TensorFlow. Without it, Keras takes
-  its backend from `~/.keras/keras.json`, which other projects set to "jax" or "torch". train.py
-  refuses another backend set in the environment; `python -m bench.train_speed` measures the
-  models on it.
+- `KERAS_BACKEND=tensorflow`: the default backend. Without it, Keras takes its backend from
+  `~/.keras/keras.json`, which other projects set to "jax" or "torch"; so a run trains on another
+  backend only where the environment says so (`KERAS_BACKEND=jax`: README, "Backends"); there
+  train.py's modules import no TensorFlow (Keras' own seeding imports it where it is installed).
 """
 
 import os

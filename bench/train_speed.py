@@ -14,8 +14,8 @@ The execution flags mean what they mean for train.py (execution.py). The clock t
 call into TensorFlow, so --warmup and --steps are rounded up to whole calls.
 
 `KERAS_BACKEND=jax python -m bench.train_speed ...` measures the same model, optimizer and step on
-Keras' JAX backend (with jax installed; train.py itself trains on TensorFlow only). There the step
-is XLA-compiled (Keras' default on JAX), batch norm is Keras' own and --devices is refused.
+Keras' JAX backend, as train.py trains there (execution.plan): the step XLA-compiled, Keras' own
+batch norm, the batches from numpy_pipeline.py, --devices over keras.distribution.
 """
 
 import argparse
@@ -28,6 +28,7 @@ import numpy as np
 
 import data
 import execution
+import numpy_pipeline
 import settings
 from errors import TrainError
 
@@ -60,7 +61,10 @@ def prepare(model_name, batch, steps, warmup, seed=0, mixed_precision=False, **o
     n = (warmup + steps) * batch
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.uint8)
-    if plan.batches == "precomputed":
+    if plan.batches == "numpy":
+        dataset = numpy_pipeline.Images(images, labels, preprocess_mode=s["preprocess"],
+                                        augment="standard").epoch(batch, shuffle=True, seed=seed)
+    elif plan.batches == "precomputed":
         dataset = data.EpochBatches(images, labels, preprocess_mode=s["preprocess"],
                                     augment="standard").dataset(batch, shuffle=True, seed=seed)
     else:

@@ -12,6 +12,7 @@ REAL_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds; run in CI, deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "gpu: needs no TensorFlow; bench/gpu_check.sh runs these on the GPU machine")
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,20 @@
 """The arithmetic of bench/profile_step.py, bench/side_by_side.py, bench/epoch_time.py and
 bench/epoch_parts.py (the measurements run in bench/), bench/train_speed.py and
-bench/pipeline_speed.py on a few steps, and bench/cifar_subset.py."""
+bench/pipeline_speed.py on a few steps, bench/cifar_subset.py, and bench/gpu_check.py on a CPU."""
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import data
-from bench import cifar_subset, epoch_parts, epoch_time, pipeline_speed, profile_step, side_by_side, train_speed
+import distribute
+from bench import (cifar_subset, epoch_parts, epoch_time, gpu_check, pipeline_speed, profile_step, side_by_side,
+                   train_speed)
 from conftest import ROOT
 
 
@@ -91,7 +97,8 @@ def test_train_speed_measures_train_py_step_and_names_the_backend():
 
 def test_benchmarks_refuse_what_needs_tensorflow_on_another_backend(monkeypatch):
     monkeypatch.setattr(train_speed.keras.backend, "backend", lambda: "jax")
-    with pytest.raises(SystemExit, match="TensorFlow backend only"):
+    monkeypatch.setattr(distribute, "BACKEND", "torch")  # the loop's own refusals, before any device is touched
+    with pytest.raises(SystemExit, match="--devices 2: Keras' PyTorch backend trains on one device"):
         train_speed.prepare("lenet", batch=8, steps=2, warmup=1, devices=2)
     with pytest.raises(SystemExit, match="profile_step.py reads TensorFlow's profiler trace"):
         profile_step.profile("lenet", batch=8, steps=2, warmup=1, top=3)
@@ -173,3 +180,72 @@ def test_cifar_subset_refuses_a_set_that_is_not_the_full_one(tiny_cifar, tmp_pat
         cifar_subset.main(["--data-dir", str(root), "--out", str(tmp_path)])
     assert e.value.code == 2 and "training images, not the official set's 50000" in capsys.readouterr().err
     assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
+# `python -m bench.gpu_check`, with TensorFlow unimportable as on the GPU machine, which has none.
+GPU_CHECK = ("import runpy, sys; sys.modules['tensorflow'] = None; "
+             "runpy.run_module('bench.gpu_check', run_name='__main__', alter_sys=True)")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_gpu_check_trains_and_measures_both_precisions_on_jax_without_tensorflow(tiny_cifar, tmp_path):
+    """bench/gpu_check.py as bench/gpu_check.sh runs it, here on a CPU and with LeNet for speed. Mixed
+    precision runs where the CPU computes bfloat16 natively and is skipped, with the reason, elsewhere."""
+    root, _ = tiny_cifar
+    out = tmp_path / "out"
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", GPU_CHECK, out, "--data-dir", root, "--model", "lenet", "--epochs",
+                             "1", "--steps", "2", "--warmup", "1", "--val-split", "40", "--batch-size", "32"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert {"jax", "keras", "numpy"} <= set(report["versions"]) and report["devices"] and report["default_backend"]
+    fp32 = report["precisions"]["fp32"]
+    assert 0 <= fp32["test_accuracy"] <= 1 and 0 <= fp32["val_accuracy"] <= 1
+    assert (fp32["epochs"], fp32["train_images"], fp32["val_images"], fp32["test_images"]) == (1, 160, 40, 40)
+    assert fp32["execution"]["backend"] == "jax" and fp32["execution"]["precision"] == "float32"
+    assert fp32["train_images_per_second"] > 0 and fp32["throughput"]["img_per_s"] > 0 and fp32["wall_seconds"] > 0
+    assert [row["epoch"] for row in fp32["history"]] == [1]
+    mixed = report["precisions"]["mixed"]
+    if "skipped" in mixed:
+        assert mixed["skipped"].startswith("--mixed-precision")
+    else:
+        assert mixed["execution"]["precision"].startswith("mixed_") and mixed["throughput"]["img_per_s"] > 0
+    table = (out / "gpu_check.md").read_text()
+    assert "| fp32 | float32 |" in table and "| mixed | " in table
+
+
+def test_gpu_check_records_refused_mixed_precision_as_skipped(tmp_path, monkeypatch):
+    import train
+
+    def refusing(argv):
+        print("error: --mixed-precision: no GPU here", file=sys.stderr)
+        return 2
+
+    monkeypatch.setattr(train, "main", refusing)
+    a = gpu_check.parse([str(tmp_path), "--data-dir", str(tmp_path)])
+    assert gpu_check.train_once(a, "mixed", tmp_path) == {"skipped": "--mixed-precision: no GPU here"}
+    assert gpu_check.train_once(a, "fp32", tmp_path) == {  # refused settings, not a precision the machine lacks
+        "failed": "train.py exit status 2: error: --mixed-precision: no GPU here", "exit_status": 2}
+    report = {"model": "lenet", "machine": "here", "default_backend": "cpu", "devices": [{"kind": "cpu"}],
+              "versions": {"jax": "0", "keras": "3", "numpy": "2", "python": "3"}, "command": "c", "data": "d",
+              "epochs": 1, "batch_size": 32, "steps": 2, "warmup": 1,
+              "precisions": {"mixed": {"skipped": "--mixed-precision: no GPU here"}}}
+    table = gpu_check.markdown(report)
+    assert "| fp32 | not run |" in table and "| mixed | skipped: --mixed-precision: no GPU here |" in table
+
+
+def test_gpu_check_refuses_bad_input_with_one_line(tiny_cifar, tmp_path, monkeypatch, capsys):
+    root, _ = tiny_cifar
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert gpu_check.main([str(tmp_path / "out"), "--data-dir", str(root)]) == 2
+    assert capsys.readouterr().err.startswith("error: KERAS_BACKEND is tensorflow; this checks train.py on JAX")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # the checks below come before Keras loads
+    (tmp_path / "file").write_text("")
+    assert gpu_check.main([str(tmp_path / "file" / "out"), "--data-dir", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: OUT {tmp_path / 'file' / 'out'} is not a writable folder") and err.count("\n") == 1
+    assert gpu_check.main([str(tmp_path / "out"), "--data-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data-dir {tmp_path / 'missing'}: ") and err.count("\n") == 1

@@ -26,8 +26,47 @@ def test_where_the_batches_are_computed():
     assert execution.choose_batches("streamed", settings, cpu) == "streamed"
     with pytest.raises(TrainError, match="feeds one device; this run has 2 replicas"):
         execution.choose_batches("precomputed", settings, two)
-    with pytest.raises(TrainError, match="--batches must be one of auto, precomputed, streamed"):
+    with pytest.raises(TrainError, match="--batches must be one of auto, precomputed, streamed, numpy"):
         execution.choose_batches("ahead", settings, cpu)
+
+
+def test_other_backends_and_numpy_batches_take_the_numpy_pipeline():
+    settings, _ = resolve_settings("lenet")
+    cpu = distribute.Placement(None, "default", ["cpu:0"], 1, True, 0, 1)
+    for backend in ("jax", "torch"):
+        assert execution.choose_batches("auto", settings, cpu, backend) == "numpy"
+        assert execution.choose_batches("numpy", {**settings, "cutout": 8, "mixup": 0.2}, cpu, backend) == "numpy"
+        for batches in ("precomputed", "streamed"):
+            with pytest.raises(TrainError, match=f"--batches {batches} is a tf.data pipeline; on {backend} the batches"):
+                execution.choose_batches(batches, settings, cpu, backend)
+        with pytest.raises(TrainError, match="--augment kaggle uses TensorFlow's image ops; the numpy pipeline"):
+            execution.choose_batches("auto", {**settings, "augment": "kaggle"}, cpu, backend)
+    assert execution.choose_batches("numpy", settings, cpu, "tensorflow") == "numpy"  # TensorFlow takes it too
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_what_another_backend_does_not_do_is_refused_before_it_starts(backend, monkeypatch):
+    """Checked before any device is touched (nothing of the other backend is imported here)."""
+    s, _ = resolve_settings("lenet")
+    monkeypatch.setattr(distribute, "BACKEND", backend)
+    refusals = [({"deterministic": True}, f"--deterministic is not for the {backend} backend: it is TensorFlow's"),
+                ({"keras_batch_norm": True}, f"--keras-batch-norm is not for the {backend} backend")]
+    if backend == "torch":
+        refusals.append(({"jit": True}, "--jit is not for the torch backend: Keras' PyTorch step runs eagerly"))
+    for options, message in refusals:
+        with pytest.raises(TrainError, match=message):
+            execution.plan(s, **options)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"index": 0}}')
+    with pytest.raises(distribute.DistributeError, match=f"TF_CONFIG: training over several machines is "
+                                                         f"TensorFlow's MultiWorkerMirroredStrategy; not available on {backend}"):
+        distribute.place()
+    monkeypatch.delenv("TF_CONFIG")
+    if backend == "torch":
+        with pytest.raises(distribute.DistributeError, match="--devices 2: Keras' PyTorch backend trains on one device"):
+            distribute.place(2)
+    monkeypatch.setattr(distribute, "BACKEND", "numpy")
+    with pytest.raises(distribute.DistributeError, match="KERAS_BACKEND=numpy: runs train on tensorflow, jax, torch"):
+        distribute.place()
 
 
 # --------------------------------------------------------------------------- a run folder under stress
@@ -60,7 +99,7 @@ def test_bad_execution_options_are_one_line_errors():
     s, _ = resolve_settings("lenet")
     with pytest.raises(TrainError, match="--steps-per-execution must be a whole number >= 1, not 0"):
         execution.plan(s, steps_per_execution=0)
-    with pytest.raises(TrainError, match="--batches must be one of auto, precomputed, streamed, not 'ahead'"):
+    with pytest.raises(TrainError, match="--batches must be one of auto, precomputed, streamed, numpy, not 'ahead'"):
         execution.plan(s, batches="ahead")
     plan = execution.plan(s)  # one device here: train.py's defaults, on record
     assert plan.record["steps_per_execution"] == execution.STEPS_PER_EXECUTION and plan.record["replicas"] == 1

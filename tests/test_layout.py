@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top. htd's schedules are a library below settings; `python -m htd` is a command above the loop.
-LAYERS = ("errors", "tfenv", "runlock", "patches", "data", "htd", "models", "distribute", "fused", "padded",
+LAYERS = ("errors", "tfenv", "runlock", "patches", "data", "numpy_pipeline", "htd", "models", "distribute", "fused", "padded",
           "settings", "runfolder", "inference", "execution", "loop", "series", "train", "ensemble", "tricks",
           "htd.__main__", "bench", "results")
 

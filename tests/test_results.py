@@ -374,3 +374,22 @@ def test_the_jpeg_experiment_recompresses_only_the_training_part(tiny_cifar, mon
     np.testing.assert_array_equal(recompressed.x_test, full.x_test)
     error = np.abs(recompressed.x_train[train_idx].astype(int) - exact.x_train[train_idx]).mean(axis=(1, 2, 3))
     assert (error > 0).all() and error.mean() < 60  # every image changed, none replaced by something else
+
+
+def test_the_backend_comparison_tabulates_each_backends_runs():
+    """results.backends' table from its runs' metrics (the runs themselves: series.run_grid, as the
+    other series; a backend's training, tests/test_backends.py)."""
+    from results import backends
+
+    def metrics(val, test, speed):
+        return {"val_accuracy": val, "test_accuracy": test, "epochs_completed": 10, "wall_seconds": 60.0,
+                "train_images_per_second": speed}
+
+    results = {"tensorflow": [("a", metrics(0.5, 0.52, 8000.0)), ("b", metrics(0.6, 0.50, 9000.0))],
+               "jax": [("c", metrics(0.55, 0.51, 2500.0))]}
+    rows = backends.rows(results)
+    assert [r["backend"] for r in rows] == ["tensorflow", "jax"]
+    assert (rows[0]["val_mean"], rows[0]["val_std"], rows[0]["test_mean"]) == (55.0, 7.07, 51.0)
+    assert rows[0]["train_images_per_second"] == 8500 and rows[1]["runs"] == 1 and rows[1]["wall_minutes"] == 1.0
+    table = backends.table(rows, "lenet")
+    assert "| tensorflow | 55.00 ± 7.07 | 51.00 ± 1.41 | 2 | 10 | 8,500 | 2.0 |" in table

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import data
+import distribute
 import execution
 import loop
 import patches
@@ -118,14 +119,26 @@ def test_bad_settings_exit_with_one_line(extra, message, tiny_cifar, tmp_path, c
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-def test_another_keras_backend_is_refused_before_anything_is_written(tiny_cifar, tmp_path, capsys, monkeypatch):
-    """Under KERAS_BACKEND=jax, tf.distribute and the fused kernels would be silently left out."""
+def test_a_keras_backend_runs_do_not_train_on_is_refused_before_anything_is_written(tiny_cifar, tmp_path, capsys,
+                                                                                    monkeypatch):
     root, _ = tiny_cifar
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(distribute, "BACKEND", "openvino")  # Keras' inference-only backend
     assert train.main(tiny_args(root, tmp_path / "run")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: train.py trains on Keras' TensorFlow backend") and "not 'jax'" in err
-    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+    assert err == "error: KERAS_BACKEND=openvino: runs train on tensorflow, jax, torch\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_numpy_batches_train_on_tensorflow_too(tiny_cifar, tmp_path):
+    """The other backends' pipeline (numpy_pipeline.py) through the whole loop, here on TensorFlow."""
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    assert train.main(tiny_args(root, run, "--epochs", "2", "--lr", "0.02", "--batches", "numpy")) == 0
+    config = json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert config["execution"]["batches"] == "numpy" and config["execution"]["backend"] == "tensorflow"
+    assert metrics["backends"] == {"tensorflow": 2} and metrics["epochs_completed"] == 2
+    assert 0 <= metrics["test_accuracy"] <= 1 and len(read_history(run)) == 2
 
 
 def test_unusable_run_folders(tiny_cifar, tmp_path, capsys):

@@ -1,0 +1,94 @@
+"""The same recipe trained on each Keras backend: accuracy and training speed, side by side.
+
+    python -m results.backends --data-dir ../shared/data --out runs/backends [--model lenet]
+        [--epochs 10] [--seeds 0 1] [--backends tensorflow jax torch] [--val-split N] [--batch-size N]
+
+Each backend trains in a process of its own (Keras fixes its backend when it loads), through the
+one loop (series.run_grid), into OUT/runs/BACKEND-seedS run folders, resumable: run the command again
+to continue or to read finished runs back. The recipe is the model's own with its epochs scaled
+to --epochs; the same seeds, the same validation split. On TensorFlow the batches come from its
+pipeline, on the others from numpy_pipeline.py: the same images, order and normalisation, other
+draws of the same augmentation. OUT/results.md and OUT/results.csv hold the table.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import series
+from errors import TrainError
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def train_here(a):
+    """This process' backend's runs (the child's part)."""
+    backend = os.environ["KERAS_BACKEND"]
+    given = {k: v for k, v in (("val_split", a.val_split), ("batch_size", a.batch_size)) if v is not None}
+    series.run_grid(a.model, {backend: {}}, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **given)
+
+
+def rows(results):
+    """series.summary_rows, with each backend's training throughput (median over its runs)."""
+    out = series.summary_rows(results)
+    for row in out:
+        speeds = [m["train_images_per_second"] for _, m in results[row["variant"]] if m.get("train_images_per_second")]
+        row["train_images_per_second"] = round(statistics.median(speeds)) if speeds else None
+        row["backend"] = row.pop("variant")
+    return out
+
+
+def table(rows, model):
+    lines = [f"| backend ({model}) | val acc % | test acc % | runs | epochs | training images/s | wall minutes, all runs |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['val_mean']:.2f} ± {r['val_std']:.2f} | {r['test_mean']:.2f} ± {r['test_std']:.2f} "
+              f"| {r['runs']} | {r['epochs']} | {r['train_images_per_second']:,} | {r['wall_minutes']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", help="as train.py's --data-dir")
+    p.add_argument("--out", required=True, help="folder for the runs and the table")
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    p.add_argument("--val-split", type=int, help="validation images (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="(default: the recipe's)")
+    p.add_argument("--here", action="store_true", help=argparse.SUPPRESS)  # a child: train on this backend
+    a = p.parse_args(argv)
+    if a.here:
+        try:
+            train_here(a)
+        except TrainError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    results = {}
+    for backend in a.backends:
+        command = [sys.executable, "-m", "results.backends", "--here", "--out", a.out, "--model", a.model,
+                   "--epochs", str(a.epochs), "--seeds", *map(str, a.seeds),
+                   *(["--data-dir", a.data_dir] if a.data_dir else []),
+                   *(["--val-split", str(a.val_split)] if a.val_split is not None else []),
+                   *(["--batch-size", str(a.batch_size)] if a.batch_size is not None else [])]
+        child = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend})
+        if child.returncode:
+            print(f"error: the {backend} runs stopped (exit status {child.returncode}); their folders keep every "
+                  "committed epoch: run the same command again to continue", file=sys.stderr)
+            return 2
+        runs = [series.run_dir(a.out, backend, seed) for seed in a.seeds]
+        results[backend] = [(run, json.loads((run / "metrics.json").read_text())) for run in runs]
+    summary = rows(results)
+    series.write_csv(Path(a.out) / "results.csv", summary)
+    (Path(a.out) / "results.md").write_text(table(summary, a.model))
+    print(table(summary, a.model), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
