@@ -1,5 +1,6 @@
 """TensorFlow's load-time settings (tfenv.py) reach TensorFlow from every entry point."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -74,3 +75,13 @@ def test_this_process_runs_onednn_kernels(reports):
     """The test suite itself measures the default path: conftest imports tfenv before TensorFlow."""
     assert not tfenv.LOADED_TOO_LATE
     assert patches.onednn_enabled() == reports["oneDNN available"]
+
+
+def test_a_backend_keras_cannot_load_is_one_line_before_keras_fails():
+    cases = [("foo", "error: KERAS_BACKEND=foo: Keras' backends are tensorflow, jax, torch, numpy, openvino\n")]
+    if importlib.util.find_spec("openvino") is None:
+        cases.append(("openvino", "error: KERAS_BACKEND=openvino: openvino is not installed here\n"))
+    for backend, message in cases:
+        proc = run_python("import train", KERAS_BACKEND=backend)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and err == message and out == ""
