@@ -74,8 +74,9 @@ class Execution:
 def add_arguments(parser):
     """The execution options' flags (train.py and bench/train_speed.py share them)."""
     parser.add_argument("--devices", type=int,
-                        help="local devices: the first N GPUs, or N logical CPU devices where there is no GPU "
-                             "(default: all GPUs, or the CPU); several machines: set TF_CONFIG")
+                        help="local devices: the first N GPUs, or N logical CPU devices (on JAX: XLA host devices) "
+                             "where there is no GPU (default: all GPUs, or the CPU); several machines: set TF_CONFIG "
+                             "(TensorFlow only); PyTorch trains on one device")
     parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--deterministic", action="store_true",
                         help="TensorFlow op determinism: the same seed on the same machine gives the same numbers")
