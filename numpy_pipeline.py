@@ -12,7 +12,8 @@ read on every backend. Against data.make_dataset, TensorFlow's pipeline:
   direction and a fair coin per image, as there, so a resumed run sees the epochs it would have seen;
 - not here: the "kaggle" augmentation (TensorFlow's image ops); a run that asks for it on another
   backend is refused before it starts (execution.choose_batches).
-tests/test_numpy_pipeline.py checks each of these against make_dataset.
+tests/test_numpy_pipeline.py checks the first two against make_dataset, and what cutout and mixup
+make of a batch.
 """
 
 import numpy as np
