@@ -37,7 +37,7 @@ if distribute.BACKEND == "tensorflow":  # the other backends' processes may have
 # LeNet epoch faster here and does not change the larger models' speed (BENCHMARKS.md).
 STEPS_PER_EXECUTION = 16
 BATCHES = ("auto", "precomputed", "streamed", "numpy")
-CHANNEL_PADDING = ("auto", "on", "off")
+CHANNEL_PADDING = ("auto", "on", "off", "8", "16")
 OPTIONS = ("devices", "jit", "deterministic", "keras_batch_norm", "steps_per_execution", "batches",
            "channel_padding")
 
@@ -61,6 +61,10 @@ class Execution:
     @property
     def padded(self):
         return self.record["channel_padding"] == "on"
+
+    @property
+    def channel_multiple(self):
+        return self.record["channel_multiple"]
 
     @property
     def steps_per_execution(self):
@@ -96,8 +100,9 @@ def add_arguments(parser):
     parser.add_argument("--channel-padding", choices=CHANNEL_PADDING, default="auto",
                         help="compute convolutions and batch norms whose channels the CPU's vectors do not divide "
                              "(LeNet's 6, DenseNet's 36, 60, ...) with zero channels added: the same outputs, a "
-                             "faster step on CPUs (default auto: on where the step runs on CPUs, off on GPUs; see "
-                             "padded.py)")
+                             "faster step on CPUs (default auto: on where the step runs on CPUs, off on GPUs; on: "
+                             "to a multiple of 16 under --mixed-precision's bfloat16, 8 otherwise; 8 or 16: to that "
+                             "multiple; see padded.py)")
     return parser
 
 
@@ -147,7 +152,8 @@ def plan(settings, sources=None, *, devices=None, jit=False, deterministic=False
     if steps_per_execution is None:
         steps_per_execution = STEPS_PER_EXECUTION if placement.replicas == 1 and backend != "torch" else 1
     batches = choose_batches(batches, settings, placement, backend)
-    channel_padding = choose_channel_padding(channel_padding, placement) if on_tensorflow else "off"
+    channel_padding, channel_multiple = (choose_channel_padding(channel_padding, placement, policy) if on_tensorflow
+                                         else ("off", None))
     if settings["batch_size"] % placement.replicas:
         raise TrainError(f"batch size {settings['batch_size']} does not split evenly over "
                          f"{placement.replicas} replicas")
@@ -160,7 +166,7 @@ def plan(settings, sources=None, *, devices=None, jit=False, deterministic=False
               "jit": bool(jit) if on_tensorflow else backend == "jax",
               "batch_norm": "keras" if keras_batch_norm or not on_tensorflow else "fused",
               "steps_per_execution": steps_per_execution, "batches": batches,
-              "channel_padding": channel_padding,
+              "channel_padding": channel_padding, "channel_multiple": channel_multiple,
               "onednn": patches.onednn_enabled() if on_tensorflow else None,
               "deterministic": bool(deterministic)}
     return Execution(placement, policy, record)
@@ -199,17 +205,21 @@ def choose_batches(batches, settings, placement, backend="tensorflow"):
     return batches
 
 
-def choose_channel_padding(channel_padding, placement):
-    """"on" or "off": whether padded.pad_channels runs on the model. "auto" pads where the step runs
-    on CPUs, where it was measured faster (BENCHMARKS.md, "Padded channels" and "Padded batch
-    norms"); GPUs' libraries choose their own layouts, and it is not measured there. LeNet's
-    convolutions (6 filters) and the DenseNets' batch norms are padded; the other models have
-    nothing to pad and run as before."""
+def choose_channel_padding(channel_padding, placement, policy="float32"):
+    """("on", multiple) or ("off", None): whether padded.pad_channels runs on the model, and to which
+    channel multiple. "auto" pads where the step runs on CPUs, where it was measured faster
+    (BENCHMARKS.md, "Padded channels" and "Padded batch norms"); GPUs' libraries choose their own
+    layouts, and it is not measured there. "on" (and "auto") pads to the multiple of the kernels of
+    the precision `policy` (padded.kernel_multiple: 16 for bfloat16, 8 otherwise), "8" and "16" to that one.
+    LeNet's convolutions (6 filters) and the DenseNets' batch norms are padded; the other models
+    have nothing to pad and run as before."""
     if channel_padding not in CHANNEL_PADDING:
         raise TrainError(f"--channel-padding must be one of {', '.join(CHANNEL_PADDING)}, not {channel_padding!r}")
     if channel_padding == "auto":
-        return "on" if all("CPU" in d.upper() for d in placement.devices) else "off"
-    return channel_padding
+        channel_padding = "on" if all("CPU" in d.upper() for d in placement.devices) else "off"
+    if channel_padding == "off":
+        return "off", None
+    return "on", padded.kernel_multiple(policy) if channel_padding == "on" else int(channel_padding)
 
 
 @contextlib.contextmanager
@@ -252,7 +262,7 @@ def adapt(model, execution, training=True):
     if execution.fused:
         fused.use_fused_batch_norm(model)
     if execution.padded:
-        padded.pad_channels(model)
+        padded.pad_channels(model, execution.channel_multiple)
     if training:
         model.jit_compile = execution.jit
         model.steps_per_execution = execution.steps_per_execution

@@ -79,7 +79,11 @@ def _fused_call(self, inputs, training=None, mask=None, *, extra_channels=0):
     if mask is not None or rank != 4 or self.axis not in (-1, rank - 1):
         y = keras.layers.BatchNormalization.call(self, inputs, training=training, mask=mask)
         return _zero_channels(tf, y, extra) if extra else y
-    x = tf.cast(inputs, "float32")  # statistics in float32 under mixed precision, as Keras does
+    # Under mixed precision the kernel takes the 16-bit activations as they are (T) and computes the
+    # statistics and the normalization in float32 (U), as Keras does after casting its input to
+    # float32: no cast of the activation tensor either way, forward or backward, and the op stays
+    # one that TensorFlow's graph optimizer fuses with the ReLU after it.
+    x = inputs if inputs.dtype in (tf.bfloat16, tf.float16) else tf.cast(inputs, "float32")
     channels = x.shape[-1]
     gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
     beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
@@ -103,7 +107,7 @@ def _fused_call(self, inputs, training=None, mask=None, *, extra_channels=0):
         y, *_ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=gamma, offset=beta, mean=mean, variance=variance, epsilon=self.epsilon,
             data_format="NHWC", is_training=False)
-    return tf.cast(y, self.compute_dtype)
+    return y if y.dtype == self.compute_dtype else tf.cast(y, self.compute_dtype)
 
 
 def _zero_channels(tf, x, extra):

@@ -78,7 +78,8 @@ def prepare(model_name, batch, steps, warmup, seed=0, mixed_precision=False, **o
         "model": model_name, "params": model.count_params(), "batch": batch,
         "replicas": record["replicas"], "jit": bool(model.jit_compile), "precision": record["precision"],
         "batch_norm": record["batch_norm"], "steps_per_execution": k, "batches": record["batches"],
-        "channel_padding": record["channel_padding"], "onednn": record["onednn"],
+        "channel_padding": record["channel_padding"], "channel_multiple": record["channel_multiple"],
+        "onednn": record["onednn"],
         "steps_timed": steps, "warmup_steps": warmup,
     }
     return model, dataset, setup

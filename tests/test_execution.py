@@ -75,9 +75,15 @@ def test_train_pads_on_cpus_by_default_and_not_on_gpus():
     cpu = distribute.Placement(None, "default", ["/cpu:0"], 1, True, 0, 1)
     cpus = distribute.Placement(None, "mirrored", ["/device:CPU:0", "/device:CPU:1"], 2, True, 0, 1)
     gpu = distribute.Placement(None, "one_device", ["/gpu:0"], 1, True, 0, 1)
-    assert [execution.choose_channel_padding("auto", p) for p in (cpu, cpus, gpu)] == ["on", "on", "off"]
-    assert execution.choose_channel_padding("on", gpu) == "on" and execution.choose_channel_padding("off", cpu) == "off"
-    with pytest.raises(TrainError, match="--channel-padding must be one of auto, on, off, not 'yes'"):
+    assert [execution.choose_channel_padding("auto", p) for p in (cpu, cpus, gpu)] == [("on", 8), ("on", 8), ("off", None)]
+    assert execution.choose_channel_padding("on", gpu) == ("on", 8)
+    assert execution.choose_channel_padding("off", cpu) == ("off", None)
+    # oneDNN's bfloat16 kernels block channels by 16; an explicit multiple is taken as given
+    assert execution.choose_channel_padding("auto", cpu, "mixed_bfloat16") == ("on", 16)
+    assert execution.choose_channel_padding("auto", cpu, "mixed_float16") == ("on", 8)
+    assert execution.choose_channel_padding("16", cpu) == ("on", 16)
+    assert execution.choose_channel_padding("8", cpu, "mixed_bfloat16") == ("on", 8)
+    with pytest.raises(TrainError, match="--channel-padding must be one of auto, on, off, 8, 16, not 'yes'"):
         execution.choose_channel_padding("yes", cpu)
 
 
@@ -91,8 +97,8 @@ def test_the_benchmark_builds_the_model_the_loop_builds():
     assert measured.get_config() == built.get_config()
     for a, b in zip(measured.get_weights(), built.get_weights()):
         np.testing.assert_array_equal(a, b)  # the same seed, the same initialisation
-    assert (setup["batch_norm"], setup["channel_padding"], setup["batches"]) == (
-        plan.record["batch_norm"], plan.record["channel_padding"], plan.record["batches"])
+    keys = ("batch_norm", "channel_padding", "channel_multiple", "batches")
+    assert [setup[k] for k in keys] == [plan.record[k] for k in keys]
 
 
 def test_bad_execution_options_are_one_line_errors():

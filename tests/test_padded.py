@@ -18,15 +18,15 @@ from models.densenet import densenet_bc
 rng = np.random.default_rng(0)
 
 
-def twins(build, fuse=False):
-    """The same model twice with equal weights; the second one padded (both with fused batch norms
-    if `fuse`, as train.py builds them). Returns (stock, padded, count)."""
+def twins(build, fuse=False, multiple=padded.MULTIPLE):
+    """The same model twice with equal weights; the second one padded to `multiple` channels (both
+    with fused batch norms if `fuse`, as train.py builds them). Returns (stock, padded, count)."""
     stock, fast = build(), build()
     fast.set_weights(stock.get_weights())
     if fuse:
         fused.use_fused_batch_norm(stock)
         fused.use_fused_batch_norm(fast)
-    return stock, fast, padded.pad_channels(fast)
+    return stock, fast, padded.pad_channels(fast, multiple)
 
 
 def padded_layers(model):
@@ -208,14 +208,17 @@ def test_densenet_pads_its_batch_norms_and_computes_the_same(traced):
     np.testing.assert_allclose(fast(x, training=False), stock(x, training=False), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, expected", [("densenet_bc_100_12", 33), ("densenet_bc_160_24", 0), ("resnet20", 0)])
-def test_registry_models_pad_what_their_channel_counts_call_for(name, expected):
+@pytest.mark.parametrize("name, multiple, expected", [
+    ("densenet_bc_100_12", 8, 33), ("densenet_bc_160_24", 8, 0), ("resnet20", 8, 0),
+    ("densenet_bc_100_12", 16, 42), ("densenet_bc_160_24", 16, 39), ("resnet20", 16, 0)])
+def test_registry_models_pad_what_their_channel_counts_call_for(name, multiple, expected):
     model = models.create_model(name, num_classes=10)
     fused.use_fused_batch_norm(model)
-    assert padded.pad_channels(model) == expected
+    assert padded.pad_channels(model, multiple) == expected
     padded_bns = [model.get_layer(name) for name in padded_layers(model)
                   if isinstance(model.get_layer(name), keras.layers.BatchNormalization)]
-    assert len(padded_bns) == expected and all(l.moving_mean.shape[0] % 8 for l in padded_bns)
+    assert len(padded_bns) == expected and all(l.moving_mean.shape[0] % multiple for l in padded_bns)
+    assert all((l.moving_mean.shape[0] + fused.appended_channels(l)) % multiple == 0 for l in padded_bns)
 
 
 def test_densenet_with_relu_computes_the_same_outputs():
@@ -266,7 +269,8 @@ def test_train_pads_new_resumed_and_evaluated_models_as_recorded(tiny_cifar, tmp
     root, _ = tiny_cifar
     calls = []
     original = padded.pad_channels
-    monkeypatch.setattr(padded, "pad_channels", lambda model: calls.append(model.name) or original(model))
+    monkeypatch.setattr(padded, "pad_channels",
+                        lambda model, multiple: calls.append((model.name, multiple)) or original(model, multiple))
     common = ["--model", "lenet", "--data-dir", str(root), "--val-split", "40", "--batch-size", "32", "--epochs", "1"]
     for flag, expected in (("auto", 2 + 2), ("off", 0)):
         calls.clear()
@@ -275,27 +279,33 @@ def test_train_pads_new_resumed_and_evaluated_models_as_recorded(tiny_cifar, tmp
         (run / "metrics.json").unlink()  # as if killed after the last checkpoint, before the test
         assert train.main([*common, "--run-dir", str(run), "--channel-padding", flag]) == 0  # resumes
         # built, evaluated; then loaded to resume, evaluated
-        assert calls == ["lenet"] * expected
+        assert calls == [("lenet", 8)] * expected
         execution = json.loads((run / "metrics.json").read_text())["execution"]
-        assert execution["channel_padding"] == ("on" if flag == "auto" else "off")
+        assert (execution["channel_padding"], execution["channel_multiple"]) == (("on", 8) if flag == "auto" else ("off", None))
 
 
+@pytest.mark.parametrize("multiple", [8, 16])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", ["lenet", "densenet"])
-def test_padding_follows_the_layers_compute_dtype(policy, name):
+def test_padding_follows_the_layers_compute_dtype(policy, name, multiple):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
         if name == "lenet":
-            stock, fast, count = twins(lambda: models.create_model("lenet", num_classes=10))
+            stock, fast, count = twins(lambda: models.create_model("lenet", num_classes=10), multiple=multiple)
         else:
-            stock, fast, count = twins(small_densenet, fuse=True)
+            stock, fast, count = twins(small_densenet, fuse=True, multiple=multiple)
         size = 32 if name == "lenet" else 16
         x = rng.normal(size=(4, size, size, 3)).astype("float32")
         y_stock, y_fast = stock(x, training=True), fast(x, training=True)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    assert count == (1 if name == "lenet" else 3) and y_fast.dtype == y_stock.dtype == policy.split("_")[1]
+    assert y_fast.dtype == y_stock.dtype == policy.split("_")[1]
+    # LeNet: 6 -> 8 or 16 channels. The small DenseNet's batch norms per block, over 24 and 36
+    # channels: 36 -> 40 to 8; 24 -> 32 and 36 -> 48 to 16.
+    chains, extras = {("lenet", 8): (1, {2}), ("lenet", 16): (1, {10}),
+                      ("densenet", 8): (3, {4}), ("densenet", 16): (6, {8, 12})}[name, multiple]
+    assert count == chains and set(padded_layers(fast).values()) == {(0, e) for e in extras} | {(e, 0) for e in extras}
     y_stock, y_fast = np.asarray(tf.cast(y_stock, "float32")), np.asarray(tf.cast(y_fast, "float32"))
     if name == "lenet":  # rounded to 16 bits after the same float32 sums (see assert_padded_equal): 1 ulp apart at most
         np.testing.assert_allclose(y_fast, y_stock, rtol=0, atol=2 * np.abs(y_stock).max() * 2.0**-7)
