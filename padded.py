@@ -10,9 +10,9 @@ DenseNet-BC-100-12's concatenations grow by 12 channels, so half of its batch no
 204; 150, 162, ... channels) run on oneDNN's generic batch-norm kernel, about half as fast as its
 AVX2 one; computed over 2-6 zero channels more, they run on the AVX2 one (BENCHMARKS.md, "Padded
 batch norms"). oneDNN's bfloat16 kernels (--mixed-precision on AVX512-BF16 and AMX CPUs) work on
-blocks of 16 channels, and its bfloat16 batch norm runs about 6 times slower over a channel count
-not a multiple of 16 (LeNet's 6 too): under bfloat16 the multiple is 16 (BENCHMARKS.md, "bfloat16
-on AVX512-BF16").
+blocks of 16 channels, and its bfloat16 batch norm runs about 4.5 times slower over a channel count
+not a multiple of 16 (bench/batch_norm_speed.py): under bfloat16 the multiple is 16, LeNet's 6
+channels included (BENCHMARKS.md, "bfloat16 on AVX512-BF16").
 
 `pad_channels(model)` does this in place, for each chain it can prove exact. A chain starts at
 - a stock `Conv2D` whose filters are not a multiple of 8 and whose activation acts on each value
@@ -65,7 +65,7 @@ BFLOAT16_MULTIPLE = 16  # the channel block of oneDNN's bfloat16 kernels on AVX5
 
 def kernel_multiple(policy):
     """The channel multiple to pad to under the precision `policy`: 16 for bfloat16, whose oneDNN
-    batch norm runs about 6 times slower over channels not a multiple of 16 (BENCHMARKS.md), 8 otherwise."""
+    batch norm runs about 4.5 times slower over channels not a multiple of 16 (BENCHMARKS.md), 8 otherwise."""
     return BFLOAT16_MULTIPLE if "bfloat16" in policy else MULTIPLE
 
 

@@ -1,12 +1,12 @@
 """Ours against ../shared/bench/torch_reference.py, alternating, in one sitting; a Markdown table.
 
     python -m bench.side_by_side --models lenet resnet20 --repeats 3 --torch-python /path/to/python
-        [--variant="" --variant=--keras-batch-norm]
+        [--variant="" --variant=--keras-batch-norm] [--reference-flags="--channels-last --bf16"]
 
 Each measurement is a fresh process: ours is bench/train_speed.py, once per --variant (extra flags
 for it, and NAME=VALUE settings for its environment; by default one variant, train.py's default
 path); the reference is its script, run with
-a Python that has torch installed. Runs alternate ours / reference so that a noisy neighbour hits
+a Python that has torch installed, with --reference-flags added (its --channels-last, --bf16, ...). Runs alternate ours / reference so that a noisy neighbour hits
 both alike. "Peak memory" is the peak resident set size of the measuring process (all of it:
 interpreter, framework, model, optimizer state, data). Before each model, bench/flops.py gives its
 training FLOPs per image and the FP32 matrix-multiply rate of the moment; "% of peak" is ours
@@ -69,6 +69,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--torch-python", help="a Python with torch installed (default: skip the reference)")
     p.add_argument("--reference", default=str(REFERENCE))
+    p.add_argument("--reference-flags", default="", metavar="FLAGS",
+                   help="flags for the reference script, written --reference-flags=\"--channels-last --bf16\"")
     p.add_argument("--variant", action="append", dest="variants", metavar="FLAGS",
                    help="flags for bench/train_speed.py and NAME=VALUE environment settings, written "
                         "--variant=--keras-batch-norm or --variant=TF_ENABLE_ONEDNN_OPTS=0; repeat to compare "
@@ -90,7 +92,7 @@ def main(argv=None):
                 print(json.dumps({"variant": v, **ours[v][-1]}), flush=True)
             if a.torch_python:
                 theirs.append(run([a.torch_python, a.reference, "--model", model, "--batch", str(a.batch),
-                                   "--steps", str(a.steps)]))
+                                   "--steps", str(a.steps), *a.reference_flags.split()]))
                 print(json.dumps(theirs[-1]), flush=True)
         ref, ref_mem = median(theirs, "img_per_s"), median(theirs, "peak_rss_mib")
         for v in variants:
@@ -98,6 +100,7 @@ def main(argv=None):
             share = mine * cost["train_gflop_per_image"] / cost["gemm_gflop_per_s_median"]
             rows.append((model, v, mine, ref, share, median(ours[v], "peak_rss_mib"), ref_mem))
 
+    print(f"\nPyTorch reference flags: {a.reference_flags or 'none'}")
     print("\n| model | batch | ours (flags) | ours img/s | PyTorch img/s | ratio | ours % of peak "
           "| ours peak MiB | PyTorch peak MiB |\n|---|---|---|---|---|---|---|---|---|")
     for model, v, mine, ref, share, mem, ref_mem in rows:

@@ -1,11 +1,13 @@
-"""The same recipe trained on each Keras backend: accuracy and training speed, side by side.
+"""The same recipe trained on each Keras backend and precision: accuracy and training speed, side by side.
 
     python -m results.backends --data-dir ../shared/data --out runs/backends [--model lenet]
-        [--epochs 10] [--seeds 0 1] [--backends tensorflow jax torch] [--val-split N] [--batch-size N]
+        [--epochs 10] [--seeds 0 1] [--backends tensorflow jax torch] [--precisions float32 mixed]
+        [--val-split N] [--batch-size N]
 
 Each backend trains in a process of its own (Keras fixes its backend when it loads), through the
-one loop (series.run_grid), into OUT/runs/BACKEND-seedS run folders, resumable: run the command again
-to continue or to read finished runs back. The recipe is the model's own with its epochs scaled
+one loop (series.run_grid), into OUT/runs/BACKEND-seedS run folders (BACKEND-mixed-seedS with
+train.py's --mixed-precision: bfloat16 on CPUs that compute it, float16 on GPUs), resumable: run
+the command again to continue or to read finished runs back. The recipe is the model's own with its epochs scaled
 to --epochs; the same seeds, the same validation split. On TensorFlow the batches come from its
 pipeline, on the others from numpy_pipeline.py: the same images, order and normalisation, other
 draws of the same augmentation. OUT/results.md and OUT/results.csv hold the table.
@@ -23,30 +25,41 @@ import series
 from errors import TrainError
 
 BACKENDS = ("tensorflow", "jax", "torch")
+PRECISIONS = ("float32", "mixed")
+
+
+def variant(backend, precision):
+    """The series' name for one backend and precision: "torch", "tensorflow-mixed"."""
+    return backend if precision == "float32" else f"{backend}-{precision}"
 
 
 def train_here(a):
     """This process' backend's runs (the child's part)."""
     backend = os.environ["KERAS_BACKEND"]
     given = {k: v for k, v in (("val_split", a.val_split), ("batch_size", a.batch_size)) if v is not None}
-    series.run_grid(a.model, {backend: {}}, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **given)
+    variants = {variant(backend, precision): {"mixed_precision": precision == "mixed"} for precision in a.precisions}
+    series.run_grid(a.model, variants, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **given)
 
 
 def rows(results):
-    """series.summary_rows, with each backend's training throughput (median over its runs)."""
+    """series.summary_rows, with each variant's backend, the precision its runs computed in (their
+    execution record's policy) and its training throughput (median over its runs)."""
     out = series.summary_rows(results)
     for row in out:
-        speeds = [m["train_images_per_second"] for _, m in results[row["variant"]] if m.get("train_images_per_second")]
+        runs = [m for _, m in results[row["variant"]]]
+        speeds = [m["train_images_per_second"] for m in runs if m.get("train_images_per_second")]
         row["train_images_per_second"] = round(statistics.median(speeds)) if speeds else None
-        row["backend"] = row.pop("variant")
+        row["backend"] = row.pop("variant").removesuffix("-mixed")
+        row["precision"] = "/".join(sorted({m.get("execution", {}).get("precision", "float32") for m in runs}))
     return out
 
 
 def table(rows, model):
-    lines = [f"| backend ({model}) | val acc % | test acc % | runs | epochs | training images/s | wall minutes, all runs |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['val_mean']:.2f} ± {r['val_std']:.2f} | {r['test_mean']:.2f} ± {r['test_std']:.2f} "
-              f"| {r['runs']} | {r['epochs']} | {r['train_images_per_second']:,} | {r['wall_minutes']} |" for r in rows]
+    lines = [f"| backend ({model}) | precision | val acc % | test acc % | runs | epochs | training images/s "
+             "| wall minutes, all runs |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['precision']} | {r['val_mean']:.2f} ± {r['val_std']:.2f} "
+              f"| {r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['runs']} | {r['epochs']} "
+              f"| {r['train_images_per_second']:,} | {r['wall_minutes']} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -58,6 +71,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["float32"],
+                   help="float32, and/or mixed: train.py's --mixed-precision (default float32)")
     p.add_argument("--val-split", type=int, help="validation images (default: the recipe's)")
     p.add_argument("--batch-size", type=int, help="(default: the recipe's)")
     p.add_argument("--here", action="store_true", help=argparse.SUPPRESS)  # a child: train on this backend
@@ -72,7 +87,7 @@ def main(argv=None):
     results = {}
     for backend in a.backends:
         command = [sys.executable, "-m", "results.backends", "--here", "--out", a.out, "--model", a.model,
-                   "--epochs", str(a.epochs), "--seeds", *map(str, a.seeds),
+                   "--epochs", str(a.epochs), "--seeds", *map(str, a.seeds), "--precisions", *a.precisions,
                    *(["--data-dir", a.data_dir] if a.data_dir else []),
                    *(["--val-split", str(a.val_split)] if a.val_split is not None else []),
                    *(["--batch-size", str(a.batch_size)] if a.batch_size is not None else [])]
@@ -81,8 +96,10 @@ def main(argv=None):
             print(f"error: the {backend} runs stopped (exit status {child.returncode}); their folders keep every "
                   "committed epoch: run the same command again to continue", file=sys.stderr)
             return 2
-        runs = [series.run_dir(a.out, backend, seed) for seed in a.seeds]
-        results[backend] = [(run, json.loads((run / "metrics.json").read_text())) for run in runs]
+        for precision in a.precisions:
+            name = variant(backend, precision)
+            runs = [series.run_dir(a.out, name, seed) for seed in a.seeds]
+            results[name] = [(run, json.loads((run / "metrics.json").read_text())) for run in runs]
     summary = rows(results)
     series.write_csv(Path(a.out) / "results.csv", summary)
     (Path(a.out) / "results.md").write_text(table(summary, a.model))

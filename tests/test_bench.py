@@ -249,3 +249,39 @@ def test_gpu_check_refuses_bad_input_with_one_line(tiny_cifar, tmp_path, monkeyp
     assert gpu_check.main([str(tmp_path / "out"), "--data-dir", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --data-dir {tmp_path / 'missing'}: ") and err.count("\n") == 1
+
+
+def test_side_by_side_passes_its_flags_to_each_side_alternating(monkeypatch, tmp_path, capsys):
+    reference = tmp_path / "torch_reference.py"
+    reference.write_text("")
+    commands = []
+
+    def fake_run(command, env=None):
+        commands.append((command, env))
+        if command[2] == "bench.flops":
+            return {"train_gflop_per_image": 1.0, "gemm_gflop_per_s_median": 100.0}
+        return {"img_per_s": 50.0 if command[1] == str(reference) else 60.0, "peak_rss_mib": 1}
+
+    monkeypatch.setattr(side_by_side, "run", fake_run)
+    side_by_side.main(["--models", "resnet20", "--steps", "8", "--repeats", "2", "--torch-python", "py",
+                       "--reference", str(reference), "--variant=--mixed-precision",
+                       "--reference-flags=--channels-last --bf16"])
+    sides = [c for c, _ in commands if c[2] != "bench.flops"]
+    assert [c[:3] for c in sides] == [[sys.executable, "-m", "bench.train_speed"], ["py", str(reference), "--model"]] * 2
+    assert sides[0][-1] == "--mixed-precision" and sides[1][-2:] == ["--channels-last", "--bf16"]
+    out = capsys.readouterr().out
+    assert "PyTorch reference flags: --channels-last --bf16" in out
+    assert "| resnet20 | 128 | --mixed-precision | 60.0 | 50.0 | 1.20 | 60 |" in out
+
+
+def test_batch_norm_speed_times_each_channel_count_and_precision(capsys):
+    from bench import batch_norm_speed
+    batch_norm_speed.main(["--channels", "6", "16", "--precisions", "float32", "mixed_bfloat16", "--batch", "2",
+                           "--size", "4", "--repeats", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    results = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [(r["channels"], r["precision"]) for r in results] == [
+        (6, "float32"), (6, "mixed_bfloat16"), (16, "float32"), (16, "mixed_bfloat16")]
+    assert all(r["ms"] > 0 for r in results)
+    assert "| channels | float32 ms | mixed_bfloat16 ms |" in lines
+    assert any(line.startswith("| 16 | ") for line in lines)

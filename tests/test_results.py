@@ -381,15 +381,39 @@ def test_the_backend_comparison_tabulates_each_backends_runs():
     other series; a backend's training, tests/test_backends.py)."""
     from results import backends
 
-    def metrics(val, test, speed):
+    def metrics(val, test, speed, precision="float32"):
         return {"val_accuracy": val, "test_accuracy": test, "epochs_completed": 10, "wall_seconds": 60.0,
-                "train_images_per_second": speed}
+                "train_images_per_second": speed, "execution": {"precision": precision}}
 
+    assert [backends.variant("tensorflow", p) for p in backends.PRECISIONS] == ["tensorflow", "tensorflow-mixed"]
     results = {"tensorflow": [("a", metrics(0.5, 0.52, 8000.0)), ("b", metrics(0.6, 0.50, 9000.0))],
-               "jax": [("c", metrics(0.55, 0.51, 2500.0))]}
+               "tensorflow-mixed": [("c", metrics(0.55, 0.51, 12000.0, "mixed_bfloat16"))],
+               "jax": [("d", metrics(0.55, 0.51, 2500.0))]}
     rows = backends.rows(results)
-    assert [r["backend"] for r in rows] == ["tensorflow", "jax"]
+    assert [(r["backend"], r["precision"]) for r in rows] == [
+        ("tensorflow", "float32"), ("tensorflow", "mixed_bfloat16"), ("jax", "float32")]
     assert (rows[0]["val_mean"], rows[0]["val_std"], rows[0]["test_mean"]) == (55.0, 7.07, 51.0)
-    assert rows[0]["train_images_per_second"] == 8500 and rows[1]["runs"] == 1 and rows[1]["wall_minutes"] == 1.0
+    assert rows[0]["train_images_per_second"] == 8500 and rows[2]["runs"] == 1 and rows[2]["wall_minutes"] == 1.0
     table = backends.table(rows, "lenet")
-    assert "| tensorflow | 55.00 ± 7.07 | 51.00 ± 1.41 | 2 | 10 | 8,500 | 2.0 |" in table
+    assert "| tensorflow | float32 | 55.00 ± 7.07 | 51.00 ± 1.41 | 2 | 10 | 8,500 | 2.0 |" in table
+    assert "| tensorflow | mixed_bfloat16 | 55.00 ± 0.00 | 51.00 ± 0.00 | 1 | 10 | 12,000 | 1.0 |" in table
+
+
+@pytest.mark.parametrize("folder", ["backends", "precision/lenet", "precision/resnet20"])
+def test_committed_comparisons_are_what_their_run_files_give(folder):
+    """Each committed results.csv of results.backends is its committed runs' metrics, tabulated."""
+    from results import backends
+    out = ROOT / "results" / folder
+    with open(out / "results.csv") as f:
+        committed = list(csv.DictReader(f))
+    grouped = {}
+    for run in sorted((out / "runs").iterdir()):
+        variant = run.name.rpartition("-seed")[0]
+        grouped.setdefault(variant, []).append((run, json.loads((run / "metrics.json").read_text())))
+    rows = backends.rows(grouped)
+    assert len(rows) == len(committed)
+    for row in committed:
+        match = next(r for r in rows if (r["backend"], r.get("precision")) == (row["backend"], row.get("precision", "float32")))
+        for key, value in row.items():
+            if key not in ("backend", "precision"):
+                assert float(match[key]) == pytest.approx(float(value), abs=1e-9), (folder, row["backend"], key)
