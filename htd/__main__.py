@@ -141,7 +141,7 @@ def _compare(args, out):
         raise ValueError(str(e)) from None
     rows = series.summary_rows(results)
     series.write_csv(Path(args.out) / "results.csv", rows)
-    lines = ["| schedule | test acc % median | test acc % mean ± std | val acc % mean ± std | runs | epochs | wall min |",
+    lines = ["| schedule | test acc % median | test acc % mean ± std | val acc % mean ± std | runs | epochs | wall min, all runs |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['test_median']:.2f} | {r['test_mean']:.2f} ± {r['test_std']:.2f} | "
               f"{r['val_mean']:.2f} ± {r['val_std']:.2f} | {r['runs']} | {r['epochs']} | {r['wall_minutes']} |"

@@ -2,6 +2,7 @@
 
     python -m results build RUN_DIR [RUN_DIR ...] [--out results] [--no-all-models]
     python -m results build                                  # regenerate from OUT alone
+    python -m results build --forget RUN                     # drop a lost unfinished run's row
     python -m results throughput --models NAME [NAME ...] [--out results/throughput.csv]
     python -m results zoo [--models PATTERN ...] [--seeds 0 1] [--runs-dir runs/zoo]   # train, then build
 

@@ -23,6 +23,9 @@ def build_parser():
     b.add_argument("--all-models", action=argparse.BooleanOptionalAction, default=True,
                    help="a 'not yet run' row, with its estimated training time, for every registered model "
                         "without a finished run (default; --no-all-models: runs only)")
+    b.add_argument("--forget", nargs="+", default=[], metavar="RUN",
+                   help="drop these unfinished runs (name or run id, as partial.csv has them) from the list of "
+                        "unfinished runs: their folders are lost or abandoned and will not be resumed")
     z = sub.add_parser("zoo", help="train every model matching PATTERN with its recipe over SEEDS (resumable), "
                                     "then build the table from those runs")
     z.add_argument("--models", nargs="+", default=["*"], metavar="PATTERN", help="registry patterns (default: all)")
@@ -49,16 +52,17 @@ def build(args):
     given = runs.load_given(args.run_dirs)
     measured = throughput.read(out / "throughput.csv")
     runs.load_copied(out)  # a garbled OUT/runs is refused before anything is added to it
+    forget_ids = runs.check_forget(args.forget, runs.read_partial(out / "partial.csv"), given)
     out.mkdir(parents=True, exist_ok=True)
     try:
         with runlock.hold(out, "--out folder"):  # one process at a time rewrites the table
-            return _build_owned(args, out, given, measured)
+            return _build_owned(args, out, given, measured, forget_ids)
     except runlock.Busy as e:
         raise ResultsError(str(e)) from None
 
 
-def _build_owned(args, out, given, measured):
-    copied, partial = runs.update_out(given, out)
+def _build_owned(args, out, given, measured, forget_ids):
+    copied, partial = runs.update_out(given, out, forget_ids)
 
     from results import charts, report, table  # TensorFlow and matplotlib load here, after the checks
 
@@ -74,6 +78,8 @@ def _build_owned(args, out, given, measured):
         print(f"updated the results block of {readme}")
     if copied:
         print(f"copied {len(copied)} finished run(s) into {out / 'runs'}: {', '.join(copied)}")
+    for name in args.forget:
+        print(f"forgot the unfinished run {name}")
     for p in partial:
         print(f"unfinished, not in the table: {p['name']} (epoch {p['epochs_completed']} of {p['epochs']})")
     waiting = sum(r["status"] == "not yet run" for r in rows)
@@ -126,7 +132,7 @@ def zoo(args):
                            command=command, **overrides)
     except (TrainError, data.DataError) as e:
         raise ResultsError(str(e)) from None
-    return build(argparse.Namespace(run_dirs=[str(runs_dir)], out=args.out, all_models=True))
+    return build(argparse.Namespace(run_dirs=[str(runs_dir)], out=args.out, all_models=True, forget=[]))
 
 
 def main(argv=None):

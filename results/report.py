@@ -122,7 +122,8 @@ def partial_section(partial):
     lines = [f"| {p['name']} | {p['model']} | {p['epochs_completed']} of {p['epochs']} | {p['seen']} |"
              for p in partial]
     return ("## Unfinished runs\n\nRun folders named in a build before they finished (no `metrics.json`): "
-            "not copied and in no row above until a later build finds them finished.\n\n"
+            "not copied and in no row above until a later build finds them finished; "
+            "`build --forget RUN` drops one whose folder is lost or abandoned.\n\n"
             + _table(["run", "model", "epochs done", "as of"], lines))
 
 

@@ -211,12 +211,31 @@ def write_csv(path, fields, rows):
     tmp.replace(path)
 
 
-def update_out(given, out):
-    """Copies the finished runs of `given` into OUT/runs and records the unfinished ones in
-    OUT/partial.csv; returns (copied names, partial rows of this build)."""
+def check_forget(forget, partial, given):
+    """The run ids of the rows of partial.csv that `build --forget` names: each RUN names exactly one row
+    (by name or run id), not also a run folder of this build."""
+    ids = set()
+    for key in forget:
+        matches = [row for row in partial if key in (row["name"], row["run_id"])]
+        if len(matches) != 1:
+            listed = ", ".join(f"{r['name']} ({r['run_id']})" for r in partial) or "none"
+            what = "no" if not matches else "more than one"
+            raise ResultsError(f"--forget {key}: {what} unfinished run has that name or id "
+                               f"(partial.csv lists: {listed})")
+        if any(run.run_id == matches[0]["run_id"] for run in given):
+            raise ResultsError(f"--forget {key}: that run is also named as a RUN_DIR of this build")
+        ids.add(matches[0]["run_id"])
+    return ids
+
+
+def update_out(given, out, forget_ids=()):
+    """Copies the finished runs of `given` into OUT/runs, records the unfinished ones in
+    OUT/partial.csv and drops the rows of the run ids `forget_ids`; returns (copied names, partial
+    rows of this build)."""
     runs_dir = out / "runs"
     taken = copied_ids(runs_dir)
-    partial = {row["run_id"]: row for row in read_partial(out / "partial.csv")}
+    partial = {row["run_id"]: row for row in read_partial(out / "partial.csv")
+               if row["run_id"] not in forget_ids}
     copied, seen_partial = [], []
     for run in given:
         if run.finished:

@@ -120,6 +120,23 @@ def test_unfinished_run_is_listed_as_partial_and_not_averaged_in(built, tiny_run
     assert sum(int(r["runs"]) for r in read_csv(out / "table.csv")) == 3
 
 
+def test_forget_drops_a_lost_unfinished_run_and_refuses_a_wrong_name(built, tiny_runs, tmp_path, capsys):
+    out, _ = built
+    again = tmp_path / "results"
+    shutil.copytree(out, again)
+    before = {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()}
+    assert "no unfinished run has that name" in one_line_error(capsys, ["build", "--out", str(again), "--forget", "lenet-seed1"])
+    err = one_line_error(capsys, ["build", str(tiny_runs / "killed"), "--out", str(again), "--forget", "lenet-killed-seed1"])
+    assert "also named as a RUN_DIR" in err
+    assert {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()} == before  # refused: nothing rewritten
+    run_id = read_csv(again / "partial.csv")[0]["run_id"]
+    assert cli.main(["build", "--out", str(again), "--forget", run_id]) == 0
+    assert "forgot the unfinished run" in capsys.readouterr().out
+    assert read_csv(again / "partial.csv") == []
+    assert "lenet-killed-seed1" not in (again / "README.md").read_text()
+    assert (again / "table.csv").read_text() == (out / "table.csv").read_text()
+
+
 def test_copies_hold_exactly_the_three_small_files(built, tiny_runs):
     out, _ = built
     sources = {"lenet-exp-seed0": tiny_runs / "exp" / "lenet-seed0",
