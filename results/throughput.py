@@ -8,12 +8,16 @@ recipe's batch: the training steps only, so validation and the final evaluation 
 
 import csv
 import importlib
+import os
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from results.runs import ResultsError, write_csv
 
+ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("model", "machine", "images_per_second", "command", "measured")
 KINDS = ("CPU", "GPU")
 GPU_PREFIX = "GPU: "
@@ -91,17 +95,32 @@ def measure(name, batch=None, steps=100, warmup=5):
 
 
 def run(names, out, batch=None, steps=100, warmup=5):
-    """Measures each model, then writes `out` with their rows replacing earlier ones of this machine."""
+    """Measures each model and writes its row into `out` (replacing an earlier row of that model and
+    this machine). Several models are measured one after the other, each in a process of its own:
+    TensorFlow keeps much of a big model's memory after its last step (a ResNet-1202 left 17 GB of
+    24), so a list in one process can run out of memory; a model that fails (one too big for the
+    memory is killed) is named at the end, the others measured; an interrupted list keeps the rows
+    of the models measured before it stopped."""
     out = Path(out)
     rows = read(out)  # a garbled file is refused before minutes of measuring
-    machine, new = this_machine(), []
-    for name in names:
-        ips, used_batch = measure(name, batch, steps, warmup)
-        command = ["python", "-m", "results", "throughput", "--models", name, "--batch", str(used_batch),
-                   "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
-        new.append({"model": name, "machine": machine, "images_per_second": ips,
-                    "command": shlex.join(command), "measured": time.strftime("%Y-%m-%d")})
-        print(f"{name}: {ips:,.1f} images/s at batch {used_batch} on {machine}", flush=True)
+    if len(names) > 1:
+        failed = []
+        for name in names:
+            command = [sys.executable, "-m", "results", "throughput", "--models", name, "--steps", str(steps),
+                       "--warmup", str(warmup), "--out", str(out), *(["--batch", str(batch)] if batch else [])]
+            path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+            code = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}).returncode
+            if code:
+                failed.append(f"{name} ({f'killed by signal {-code}' if code < 0 else f'exit status {code}'})")
+        if failed:
+            raise ResultsError(f"measuring {', '.join(failed)} failed; {out} has the other models' rows")
+        return
+    (name,) = names
+    ips, used_batch = measure(name, batch, steps, warmup)
+    command = ["python", "-m", "results", "throughput", "--models", name, "--batch", str(used_batch),
+               "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
+    machine = this_machine()
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(out, FIELDS, merge(rows, new))
-    return new
+    write_csv(out, FIELDS, merge(rows, [{"model": name, "machine": machine, "images_per_second": ips,
+                                        "command": shlex.join(command), "measured": time.strftime("%Y-%m-%d")}]))
+    print(f"{name}: {ips:,.1f} images/s at batch {used_batch} on {machine}", flush=True)

@@ -304,6 +304,17 @@ def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
         (out / "README.md").read_text()
 
 
+def test_a_throughput_list_measures_each_model_apart_past_a_failing_one(tmp_path):
+    """Each model of a list in its own process (so one model's memory is not the next one's); a
+    failing one is named at the end, the others measured."""
+    csv_path = tmp_path / "throughput.csv"
+    with pytest.raises(runs.ResultsError, match=r"measuring lenet5 \(exit status 2\) failed; .* other models' rows"):
+        throughput.run(["lenet5", "lenet"], csv_path, steps=2, warmup=1)
+    (row,) = read_csv(csv_path)
+    assert row["model"] == "lenet" and float(row["images_per_second"]) > 0
+    assert row["command"] == f"python -m results throughput --models lenet --batch 128 --steps 2 --warmup 1 --out {csv_path}"
+
+
 def test_a_second_build_into_the_same_folder_is_refused_while_one_runs(built, tmp_path, capsys):
     import os
 
