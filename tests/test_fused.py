@@ -148,8 +148,10 @@ def test_train_builds_fused_models_and_trains_them_as_keras_would():
         model.fit(data.make_dataset(images, labels, 16, augment="none", preprocess_mode=settings["preprocess"]),
                   epochs=1, verbose=0, shuffle=False)
         weights.append(model.get_weights())
+    # Three steps at lr 0.1 carry the two kernels' rounding differences into the weights: 1.5e-4 for
+    # one weight of 432 on the AMX machine kind: 1e-3 of each tensor's scale, at least 1e-4.
     for a, b in zip(*weights):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+        assert_close(a, b, rtol=1e-3, floor=0.1)
     plan = execution.plan(settings, steps_per_execution=1, channel_padding="off")
     assert not np.allclose(weights[0][0], execution.build_model(settings, plan, steps_per_epoch=3).get_weights()[0])
 
