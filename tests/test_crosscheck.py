@@ -1,0 +1,83 @@
+"""results/crosscheck.py: the independent PyTorch ResNet recipe on train.py's data and split."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from results import crosscheck  # noqa: E402
+
+
+def test_resnet20_has_the_parameters_of_the_keras_one():
+    import models
+
+    keras_model = models.create_model("resnet20")
+    assert sum(p.numel() for p in crosscheck.build_resnet(20).parameters()) == sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights) == 269_722
+
+
+def test_crop_flip_takes_crops_of_the_zero_padded_image():
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (64, 32, 32, 3), dtype=np.uint8)  # no zero pixels: the padding shows
+    out = crosscheck.crop_flip(torch, torch.from_numpy(images), torch.Generator().manual_seed(1)).numpy()
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    flipped = 0
+    for image, crop in zip(padded, out):
+        crops = {(r, c, f) for r in range(9) for c in range(9) for f in (0, 1)
+                 if np.array_equal(crop, image[r:r + 32, c:c + 32][:, ::-1] if f else image[r:r + 32, c:c + 32])}
+        assert len(crops) == 1
+        flipped += next(iter(crops))[2]
+    assert 16 < flipped < 48  # about half mirrored
+
+
+def test_a_run_writes_train_pys_files_resumes_after_a_kill_and_refuses_other_settings(tiny_cifar, tmp_path,
+                                                                                        monkeypatch, capsys):
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    argv = ["--data-dir", str(root), "--run-dir", str(run), "--epochs", "2", "--milestones", "1",
+            "--val-split", "40", "--batch-size", "64", "--threads", "1"]
+    real_write, writes = crosscheck._write_history, []
+
+    def killed_in_the_second_epoch(path, rows):  # after epoch 1's checkpoint, before epoch 2's
+        writes.append(len(rows))
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        real_write(path, rows)
+
+    monkeypatch.setattr(crosscheck, "_write_history", killed_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        crosscheck.main(argv)
+    assert not (run / "metrics.json").exists() and (run / "checkpoint.pt").is_file()
+    monkeypatch.setattr(crosscheck, "_write_history", real_write)
+    assert crosscheck.main(argv) == 0
+    assert "resuming" in capsys.readouterr().out
+
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.01])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 2 and metrics["train_images"] == 160 and metrics["val_images"] == 40
+    assert metrics["best_epoch"] in (1, 2) and 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["val_accuracy"] == max(float(r["val_accuracy"]) for r in rows)
+    assert json.loads((run / "config.json").read_text())["settings"]["milestones"] == [1]
+
+    assert crosscheck.main(argv) == 0 and "is finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="other settings \\(epochs\\)"):
+        crosscheck.main(argv[:5] + ["3"] + argv[6:])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--milestones", "5", "3"], "--milestones must be increasing"),
+    (["--depth", "21"], "depth must be 6n\\+2"),
+    (["--epochs", "0"], "--epochs and --batch-size must be >= 1"),
+])
+def test_bad_flags_are_one_line_errors(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        crosscheck.main(["--run-dir", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "Traceback" not in err
+    assert re.search(f"^python -m results.crosscheck: error: {message}", err.splitlines()[-1])
