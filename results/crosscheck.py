@@ -17,6 +17,11 @@ Each epoch is validated; the test set is evaluated at the end, once with the wei
 of the highest validation accuracy and once with the last. RUN gets config.json, history.csv and
 metrics.json (train.py's names where they mean the same), and checkpoint.pt after every epoch:
 run the same command again to resume a killed run.
+
+    python -m results.crosscheck summary RUN [RUN ...] [--csv FILE]
+
+prints the runs given (this module's and train.py's run folders alike) as one Markdown table, a
+row per implementation, precision and length: mean ± sample std over the row's runs, and each run.
 """
 
 import argparse
@@ -140,7 +145,60 @@ CONFIG_KEYS = ("depth", "epochs", "milestones", "lr", "batch_size", "weight_deca
                "split_seed", "seed", "bf16")
 
 
+def summary(run_dirs):
+    """Rows of finished runs grouped by implementation, precision and epochs (see the module docstring)."""
+    from series import percent_stats
+
+    groups = {}
+    for run in map(Path, run_dirs):
+        try:
+            metrics = json.loads((run / "metrics.json").read_text())
+            config = json.loads((run / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: {run} is not a finished run folder ({e.__class__.__name__}: {e})") from None
+        implementation = "PyTorch (results.crosscheck)" if "torch" in config else "Keras (train.py)"
+        precision = metrics.get("precision") or metrics["execution"]["precision"]
+        groups.setdefault((implementation, precision, metrics["epochs_completed"]), []).append(
+            (config["settings"]["seed"], metrics))
+    rows = []
+    for (implementation, precision, epochs), runs in sorted(groups.items()):
+        runs.sort(key=lambda r: r[0])
+        row = dict(implementation=implementation, precision=precision, epochs=epochs, runs=len(runs))
+        for key in ("val_accuracy", "test_accuracy", "last_epoch_test_accuracy"):
+            mean, std, _ = percent_stats([m[key] for _, m in runs])
+            row[f"{key}_mean"], row[f"{key}_std"] = round(mean, 2), round(std, 2)
+        row["single_runs"] = "; ".join(f"seed {seed}: {100 * m['val_accuracy']:.2f} / {100 * m['test_accuracy']:.2f} "
+                                       f"(epoch {m['best_epoch']}) / {100 * m['last_epoch_test_accuracy']:.2f}"
+                                       for seed, m in runs)
+        row["wall_minutes_per_run"] = round(sum(m["wall_seconds"] for _, m in runs) / len(runs) / 60, 1)
+        rows.append(row)
+    return rows
+
+
+def summary_table(rows):
+    lines = ["| implementation | precision | epochs | runs | val acc % (chosen epoch) | test acc %, val-chosen epoch "
+             "| test acc %, last epoch | single runs: val / test (chosen epoch) / last-epoch test | wall min per run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['implementation']} | {r['precision']} | {r['epochs']} | {r['runs']} | "
+              + " | ".join(f"{r[k + '_mean']:.2f} ± {r[k + '_std']:.2f}"
+                           for k in ("val_accuracy", "test_accuracy", "last_epoch_test_accuracy"))
+              + f" | {r['single_runs']} | {r['wall_minutes_per_run']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["summary"]:
+        p = argparse.ArgumentParser(prog="python -m results.crosscheck summary")
+        p.add_argument("run_dirs", nargs="+", metavar="RUN")
+        p.add_argument("--csv", help="also write the rows to this CSV file")
+        a = p.parse_args(argv[1:])
+        rows = summary(a.run_dirs)
+        if a.csv:
+            from series import write_csv
+            write_csv(a.csv, rows)
+        print(summary_table(rows), end="")
+        return 0
     args = parse_args(argv)
     run = Path(args.run_dir)
     config = {k: getattr(args, k) for k in CONFIG_KEYS}
@@ -202,8 +260,7 @@ def main(argv=None):
         print(f"resuming {run} after epoch {state['epoch']}", flush=True)
     else:
         run.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps({"settings": config, "command": "python -m results.crosscheck " + " ".join(
-            sys.argv[1:] if argv is None else argv), "torch": torch.__version__,
+        saved.write_text(json.dumps({"settings": config, "command": "python -m results.crosscheck " + " ".join(argv), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": machine()}, indent=2) + "\n")
 
     n = len(x_train)

@@ -81,3 +81,28 @@ def test_bad_flags_are_one_line_errors(flags, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "Traceback" not in err
     assert re.search(f"^python -m results.crosscheck: error: {message}", err.splitlines()[-1])
+
+
+def test_summary_groups_runs_by_implementation_and_precision(tmp_path, capsys):
+    def run(name, seed, val, test, last, torch_run=True):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {"settings": {"seed": seed}, **({"torch": "2.x"} if torch_run else {"execution": {}})}
+        metrics = dict(val_accuracy=val, test_accuracy=test, last_epoch_test_accuracy=last, best_epoch=5,
+                       epochs_completed=30, wall_seconds=600.0)
+        metrics.update({"precision": "bfloat16 autocast"} if torch_run else {"execution": {"precision": "mixed_bfloat16"}})
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        return str(folder)
+
+    runs = [run("t1", 1, 0.88, 0.87, 0.86), run("t0", 0, 0.90, 0.89, 0.88), run("k0", 0, 0.5, 0.5, 0.5, False)]
+    assert crosscheck.main(["summary", *runs, "--csv", str(tmp_path / "rows.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| Keras (train.py) | mixed_bfloat16 | 30 | 1 | 50.00 ± 0.00 |")
+    assert lines[3].startswith("| PyTorch (results.crosscheck) | bfloat16 autocast | 30 | 2 | 89.00 ± 1.41 | 88.00 ± 1.41 "
+                               "| 87.00 ± 1.41 | seed 0: 90.00 / 89.00 (epoch 5) / 88.00; seed 1: 88.00 / 87.00")
+    assert lines[3].endswith("| 10.0 |")
+    with open(tmp_path / "rows.csv") as f:
+        assert [r["runs"] for r in csv.DictReader(f)] == ["1", "2"]
+    with pytest.raises(SystemExit, match="is not a finished run folder"):
+        crosscheck.main(["summary", str(tmp_path / "missing")])
