@@ -180,7 +180,7 @@ def summary_table(rows):
              "| test acc %, last epoch | single runs: val / test (chosen epoch) / last-epoch test | wall min per run |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['implementation']} | {r['precision']} | {r['epochs']} | {r['runs']} | "
-              + " | ".join(f"{r[k + '_mean']:.2f} ± {r[k + '_std']:.2f}"
+              + " | ".join(f"{r[k + '_mean']:.2f}" + (f" ± {r[k + '_std']:.2f}" if r["runs"] > 1 else "")
                            for k in ("val_accuracy", "test_accuracy", "last_epoch_test_accuracy"))
               + f" | {r['single_runs']} | {r['wall_minutes_per_run']} |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -98,7 +98,7 @@ def test_summary_groups_runs_by_implementation_and_precision(tmp_path, capsys):
     runs = [run("t1", 1, 0.88, 0.87, 0.86), run("t0", 0, 0.90, 0.89, 0.88), run("k0", 0, 0.5, 0.5, 0.5, False)]
     assert crosscheck.main(["summary", *runs, "--csv", str(tmp_path / "rows.csv")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2].startswith("| Keras (train.py) | mixed_bfloat16 | 30 | 1 | 50.00 ± 0.00 |")
+    assert lines[2].startswith("| Keras (train.py) | mixed_bfloat16 | 30 | 1 | 50.00 | 50.00 | 50.00 |")
     assert lines[3].startswith("| PyTorch (results.crosscheck) | bfloat16 autocast | 30 | 2 | 89.00 ± 1.41 | 88.00 ± 1.41 "
                                "| 87.00 ± 1.41 | seed 0: 90.00 / 89.00 (epoch 5) / 88.00; seed 1: 88.00 / 87.00")
     assert lines[3].endswith("| 10.0 |")
