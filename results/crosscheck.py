@@ -329,6 +329,8 @@ def _write_history(path, rows):
 
 
 def machine():
+    """CPU model and cores, as execution.machine() words them but without its vector units: execution
+    imports Keras and TensorFlow, which this PyTorch process does not load."""
     try:
         with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
