@@ -1,7 +1,8 @@
 """`python -m results build ...` and `python -m results throughput ...` (see results/__init__.py).
 
-Every input is read and checked before anything is written or TensorFlow is loaded, so a bad path
-or a garbled file costs one `error: ...` line (exit code 2), not a half-updated OUT.
+Every input is read and checked before anything is written, and files before TensorFlow is loaded,
+so a bad path, a garbled file or a run counted twice costs one `error: ...` line (exit code 2), not
+a half-updated OUT.
 """
 
 import argparse
@@ -45,13 +46,20 @@ def build_parser():
     return p
 
 
-def build(args):
-    out = Path(args.out)
+def check_out(out):
+    """OUT's own files, read and checked (zoo does it before its training); its throughput rows."""
     if out.exists() and not out.is_dir():
         raise ResultsError(f"--out {out} is not a folder")
-    given = runs.load_given(args.run_dirs)
     measured = throughput.read(out / "throughput.csv")
     runs.load_copied(out)  # a garbled OUT/runs is refused before anything is added to it
+    runs.read_partial(out / "partial.csv")
+    return measured
+
+
+def build(args):
+    out = Path(args.out)
+    measured = check_out(out)
+    given = runs.load_given(args.run_dirs)
     forget_ids = runs.check_forget(args.forget, runs.read_partial(out / "partial.csv"), given)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -62,9 +70,11 @@ def build(args):
 
 
 def _build_owned(args, out, given, measured, forget_ids):
-    copied, partial = runs.update_out(given, out, forget_ids)
+    from results import charts, report, table  # TensorFlow and matplotlib load here, after the file checks
 
-    from results import charts, report, table  # TensorFlow and matplotlib load here, after the checks
+    after = {r.run_id: r for r in runs.load_copied(out)} | {r.run_id: r for r in given if r.finished}
+    table.check_one_run_per_seed(after.values())  # the last check: nothing is written before it
+    copied, partial = runs.update_out(given, out, forget_ids)
 
     finished = runs.load_copied(out)
     rows = table.table_rows(finished, measured, all_models=args.all_models)
@@ -98,6 +108,8 @@ def measure_throughput(args):
             raise ResultsError(str(e)) from None
     if args.steps < 2 or args.warmup < 1 or (args.batch is not None and args.batch < 1):
         raise ResultsError("--steps must be >= 2, --warmup and --batch >= 1")
+    if Path(args.out).is_dir():
+        raise ResultsError(f"--out {args.out} is a folder; give the CSV file's name (default results/throughput.csv)")
     throughput.run(args.models, args.out, batch=args.batch, steps=args.steps, warmup=args.warmup)
     return 0
 
@@ -117,6 +129,7 @@ def zoo(args):
     overrides = {k: v for k, v in dict(epochs=args.epochs, val_split=args.val_split,
                                        batch_size=args.batch_size).items() if v is not None}
     runs_dir = Path(args.runs_dir)
+    check_out(Path(args.out))  # before hours of training, not after
     try:
         settings.check_seeds(args.seeds)
         for name in names:  # every recipe checked before hours of training

@@ -54,12 +54,16 @@ def rows(results):
     return out
 
 
+def _count(value):
+    return "not recorded" if value is None else f"{value:,}"
+
+
 def table(rows, model):
     lines = [f"| backend ({model}) | precision | val acc % | test acc % | runs | epochs | training images/s "
              "| wall minutes, all runs |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['backend']} | {r['precision']} | {r['val_mean']:.2f} ± {r['val_std']:.2f} "
               f"| {r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['runs']} | {r['epochs']} "
-              f"| {r['train_images_per_second']:,} | {r['wall_minutes']} |" for r in rows]
+              f"| {_count(r['train_images_per_second'])} | {r['wall_minutes']} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -84,6 +88,14 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
+    import models
+
+    try:  # what the children would refuse, refused once and before any of them starts
+        models.get_entry(a.model)
+    except ValueError as e:
+        p.error(str(e))
+    if a.epochs < 1 or len(set(a.seeds)) != len(a.seeds) or (Path(a.out).exists() and not Path(a.out).is_dir()):
+        p.error("--epochs must be >= 1, --seeds without repeats, --out a folder")
     results = {}
     for backend in a.backends:
         command = [sys.executable, "-m", "results.backends", "--here", "--out", a.out, "--model", a.model,
@@ -92,6 +104,8 @@ def main(argv=None):
                    *(["--val-split", str(a.val_split)] if a.val_split is not None else []),
                    *(["--batch-size", str(a.batch_size)] if a.batch_size is not None else [])]
         child = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend})
+        if child.returncode == 2:  # the child has said why, in one line, and kept its committed epochs
+            return 2
         if child.returncode:
             print(f"error: the {backend} runs stopped (exit status {child.returncode}); their folders keep every "
                   "committed epoch: run the same command again to continue", file=sys.stderr)

@@ -145,28 +145,60 @@ CONFIG_KEYS = ("depth", "epochs", "milestones", "lr", "batch_size", "weight_deca
                "split_seed", "seed", "bf16")
 
 
-def summary(run_dirs):
-    """Rows of finished runs grouped by implementation, precision and epochs (see the module docstring)."""
-    from series import percent_stats
+SUMMARY_KEYS = ("val_accuracy", "test_accuracy", "last_epoch_test_accuracy")
 
-    groups = {}
+
+def _finished(run):
+    """(config, metrics) of a finished train.py or crosscheck run folder, their fields checked."""
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {run} is not a finished run folder ({e.__class__.__name__}: {e})") from None
+    if not (isinstance(metrics, dict) and isinstance(config, dict) and isinstance(config.get("settings"), dict)):
+        raise SystemExit(f"error: {run} is not a finished run folder (its config.json or metrics.json is not an object)")
+    precision = metrics.get("precision") or (metrics.get("execution") or {}).get("precision")
+    fraction = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1  # noqa: E731
+    bad = [k for k in SUMMARY_KEYS if not fraction(metrics.get(k))]
+    bad += [k for k in ("best_epoch", "epochs_completed", "wall_seconds")
+            if not isinstance(metrics.get(k), (int, float)) or isinstance(metrics.get(k), bool)]
+    if bad or not isinstance(precision, str):
+        raise SystemExit(f"error: {run / 'metrics.json'} has no usable {', '.join(bad or ['precision'])} "
+                         "(runs finished before metrics.json recorded it cannot be tabulated here)")
+    return config, {**metrics, "precision": precision}
+
+
+def summary(run_dirs):
+    """Rows of finished runs grouped by implementation, precision and epochs (see the module docstring).
+    The runs of a row must differ in their seed only: other settings, a seed twice or a folder named
+    twice is refused, as a mean over them would mean nothing."""
+    groups, seen = {}, set()
     for run in map(Path, run_dirs):
-        try:
-            metrics = json.loads((run / "metrics.json").read_text())
-            config = json.loads((run / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"error: {run} is not a finished run folder ({e.__class__.__name__}: {e})") from None
+        if run.resolve() in seen:
+            continue
+        seen.add(run.resolve())
+        config, metrics = _finished(run)
         implementation = "PyTorch (results.crosscheck)" if "torch" in config else "Keras (train.py)"
-        precision = metrics.get("precision") or metrics["execution"]["precision"]
-        groups.setdefault((implementation, precision, metrics["epochs_completed"]), []).append(
-            (config["settings"]["seed"], metrics))
+        settings = {k: v for k, v in config["settings"].items() if k != "seed"}
+        seed = config["settings"].get("seed", 0)
+        group = groups.setdefault((implementation, metrics["precision"], metrics["epochs_completed"]),
+                                  {"settings": settings, "first": run, "runs": []})
+        if settings != group["settings"]:
+            changed = sorted(k for k in settings.keys() | group["settings"].keys()
+                             if settings.get(k) != group["settings"].get(k))
+            raise SystemExit(f"error: {group['first']} and {run} differ in {', '.join(changed)}, not only the seed: "
+                             "summarise them apart")
+        if any(seed == s for s, _ in group["runs"]):
+            raise SystemExit(f"error: {run} repeats seed {seed} of another run of its row: the same run twice?")
+        group["runs"].append((seed, metrics))
     rows = []
-    for (implementation, precision, epochs), runs in sorted(groups.items()):
-        runs.sort(key=lambda r: r[0])
+    for (implementation, precision, epochs), group in sorted(groups.items(), key=lambda kv: kv[0]):
+        runs = sorted(group["runs"], key=lambda r: r[0])
         row = dict(implementation=implementation, precision=precision, epochs=epochs, runs=len(runs))
-        for key in ("val_accuracy", "test_accuracy", "last_epoch_test_accuracy"):
-            mean, std, _ = percent_stats([m[key] for _, m in runs])
-            row[f"{key}_mean"], row[f"{key}_std"] = round(mean, 2), round(std, 2)
+        for key in SUMMARY_KEYS:  # as series.percent_stats, which would load TensorFlow here
+            values = np.asarray([m[key] for _, m in runs], float) * 100
+            row[f"{key}_mean"] = round(float(values.mean()), 2)
+            row[f"{key}_std"] = round(float(values.std(ddof=1)), 2) if len(values) > 1 else 0.0
         row["single_runs"] = "; ".join(f"seed {seed}: {100 * m['val_accuracy']:.2f} / {100 * m['test_accuracy']:.2f} "
                                        f"(epoch {m['best_epoch']}) / {100 * m['last_epoch_test_accuracy']:.2f}"
                                        for seed, m in runs)
@@ -195,16 +227,26 @@ def main(argv=None):
         a = p.parse_args(argv[1:])
         rows = summary(a.run_dirs)
         if a.csv:
-            from series import write_csv
-            write_csv(a.csv, rows)
+            if Path(a.csv).is_dir():
+                sys.exit(f"error: --csv {a.csv} is a folder; give a file name")
+            try:
+                _write_csv(Path(a.csv), rows)
+            except OSError as e:
+                sys.exit(f"error: cannot write --csv {a.csv}: {e.strerror or e}")
         print(summary_table(rows), end="")
         return 0
     args = parse_args(argv)
     run = Path(args.run_dir)
     config = {k: getattr(args, k) for k in CONFIG_KEYS}
     saved = run / "config.json"
+    if run.exists() and not run.is_dir():
+        sys.exit(f"error: --run-dir {run} is a file, not a folder")
     if saved.is_file():
-        before = {k: json.loads(saved.read_text())["settings"].get(k) for k in CONFIG_KEYS}
+        try:
+            before = {k: json.loads(saved.read_text())["settings"].get(k) for k in CONFIG_KEYS}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            sys.exit(f"error: {saved} is not the config.json of a results.crosscheck run "
+                     f"({e.__class__.__name__}: {e}); give another --run-dir")
         if before != config:
             changed = ", ".join(k for k in CONFIG_KEYS if before[k] != config[k])
             sys.exit(f"error: {run} holds a run of other settings ({changed}); give another --run-dir")
@@ -294,7 +336,7 @@ def main(argv=None):
         if val_acc > state["best_val"]:
             state.update(best={k: v.clone() for k, v in model.state_dict().items()}, best_val=val_acc, best_epoch=epoch)
         state.update(epoch=epoch, wall=state["wall"] + epoch_seconds, train=state["train"] + train_seconds)
-        _write_history(run / "history.csv", state["history"])
+        _write_csv(run / "history.csv", state["history"])
         tmp = checkpoint.with_suffix(".tmp")
         torch.save({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict()}, tmp)
@@ -319,7 +361,7 @@ def main(argv=None):
     return 0
 
 
-def _write_history(path, rows):
+def _write_csv(path, rows):
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -77,21 +77,45 @@ def run_id(config_path):
     return hashlib.sha256(Path(config_path).read_bytes()).hexdigest()[:16]
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_fraction(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1  # NaN fails too
+
+
+ACCURACIES = ("test_accuracy", "val_accuracy", "last_epoch_test_accuracy")
+
+
 def load_run(path):
-    """The run in folder `path`, its files checked enough that a table can be made from them."""
+    """The run in folder `path`, its files checked enough that a table can be made from them: the
+    settings a row is keyed and labelled by, the accuracies (fractions, not NaN), and for a finished
+    run its history.csv, so that nothing garbled is copied."""
     path = Path(path)
     config = read_json(path / "config.json")
     settings = config.get("settings")
     if not isinstance(settings, dict) or not isinstance(settings.get("model"), str) or "epochs" not in settings:
         raise ResultsError(f"{path / 'config.json'} is not the config.json of a train.py run "
                            "(no settings.model and settings.epochs)")
+    if not _is_int(settings["epochs"]) or settings["epochs"] < 1 or not _is_int(settings.get("seed", 0)):
+        raise ResultsError(f"{path / 'config.json'}: settings.epochs must be a whole number >= 1 and "
+                           f"settings.seed a whole number, not {settings['epochs']!r} and {settings.get('seed')!r}")
     metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
-    if metrics is not None and not isinstance(metrics.get("test_accuracy"), (int, float)):
-        raise ResultsError(f"{path / 'metrics.json'} has no test_accuracy; not the metrics.json of a finished run")
+    if metrics is not None:
+        if "test_accuracy" not in metrics:
+            raise ResultsError(f"{path / 'metrics.json'} has no test_accuracy; not the metrics.json of a finished run")
+        bad = [k for k in ACCURACIES if k in metrics and metrics[k] is not None and not _is_fraction(metrics[k])]
+        if bad or metrics["test_accuracy"] is None:
+            k = (bad or ["test_accuracy"])[0]
+            raise ResultsError(f"{path / 'metrics.json'}: {k} is {metrics[k]!r}, not an accuracy between 0 and 1")
     state = None
     if metrics is None and (path / "state.json").is_file():
         state = read_json(path / "state.json")
-    return Run(path, config, metrics, state, run_id(path / "config.json"))
+    run = Run(path, config, metrics, state, run_id(path / "config.json"))
+    if run.finished:
+        run.history()  # a garbled history.csv is refused here, before it is copied anywhere
+    return run
 
 
 def find_run_folders(path):
@@ -165,9 +189,22 @@ def destination_name(run, runs_dir, taken):
     return name
 
 
+def check_copy(run, dest):
+    """A run copied before (dest holds its config.json) must still hold what was copied: a finished
+    run's small files do not change, so a file that differs from its copy, or is gone, means another
+    folder or a damaged one, and the copy (often committed) is kept rather than overwritten."""
+    if not dest.is_dir() or dest.resolve() == run.path.resolve():
+        return
+    for name in SMALL_FILES:
+        src, dst = run.path / name, dest / name
+        if dst.is_file() and (not src.is_file() or src.read_bytes() != dst.read_bytes()):
+            what = "has no" if not src.is_file() else "has another"
+            raise ResultsError(f"{run.path} {what} {name} than its copy {dst}, a run of the same config.json; "
+                               f"the copy is kept: remove {dest} to copy the run again")
+
+
 def copy_small_files(run, dest):
-    """config.json, history.csv and metrics.json of `run` into `dest`, nothing else; a file dest held
-    before and the run no longer has is removed, so dest holds exactly what the run holds."""
+    """config.json, history.csv and metrics.json of `run` into `dest` (check_copy has passed), nothing else."""
     dest.mkdir(parents=True, exist_ok=True)
     if dest.resolve() == run.path.resolve():
         return
@@ -177,8 +214,6 @@ def copy_small_files(run, dest):
             tmp = dst.with_name(f".{name}.tmp")
             shutil.copyfile(src, tmp)
             tmp.replace(dst)
-        else:
-            dst.unlink(missing_ok=True)
 
 
 def partial_entry(run, name):
@@ -236,6 +271,9 @@ def update_out(given, out, forget_ids=()):
     taken = copied_ids(runs_dir)
     partial = {row["run_id"]: row for row in read_partial(out / "partial.csv")
                if row["run_id"] not in forget_ids}
+    for run in given:  # every copy checked before any is written
+        if run.finished and run.run_id in taken:
+            check_copy(run, runs_dir / taken[run.run_id])
     copied, seen_partial = [], []
     for run in given:
         if run.finished:

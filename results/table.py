@@ -19,7 +19,7 @@ import settings as settings_
 from htd import schedules
 from models import describe
 from results import throughput
-from results.runs import variant_of
+from results.runs import ResultsError, variant_of
 
 FIELDS = (
     "status", "model", "variant", "parameters", "epochs", "schedule", "batch", "weight_decay", "precision",
@@ -52,6 +52,20 @@ def group_runs(runs):
     for members in groups.values():
         members.sort(key=lambda r: (r.settings.get("seed", 0), r.path.name))
     return sorted(groups.values(), key=lambda g: (g[0].model, variant(g), recipe_key(g[0])[1]))
+
+
+def check_one_run_per_seed(runs):
+    """ResultsError where two runs of one row have the same seed: the same training twice (a copy of a
+    folder, or a rerun elsewhere), which would count as two runs and shrink the spread."""
+    for members in group_runs(list(runs)):
+        first = {}
+        for run in members:
+            seed = run.settings.get("seed", 0)
+            if seed in first:
+                raise ResultsError(f"{first[seed].path} and {run.path} are runs of the same model, recipe and "
+                                   f"seed {seed}: a row averages runs that differ in their seed; name one of them "
+                                   "(or remove its copy from OUT/runs)")
+            first[seed] = run
 
 
 def variant(runs):

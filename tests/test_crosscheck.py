@@ -39,7 +39,7 @@ def test_a_run_writes_train_pys_files_resumes_after_a_kill_and_refuses_other_set
     run = tmp_path / "run"
     argv = ["--data-dir", str(root), "--run-dir", str(run), "--epochs", "2", "--milestones", "1",
             "--val-split", "40", "--batch-size", "64", "--threads", "1"]
-    real_write, writes = crosscheck._write_history, []
+    real_write, writes = crosscheck._write_csv, []
 
     def killed_in_the_second_epoch(path, rows):  # after epoch 1's checkpoint, before epoch 2's
         writes.append(len(rows))
@@ -47,11 +47,11 @@ def test_a_run_writes_train_pys_files_resumes_after_a_kill_and_refuses_other_set
             raise KeyboardInterrupt
         real_write(path, rows)
 
-    monkeypatch.setattr(crosscheck, "_write_history", killed_in_the_second_epoch)
+    monkeypatch.setattr(crosscheck, "_write_csv", killed_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         crosscheck.main(argv)
     assert not (run / "metrics.json").exists() and (run / "checkpoint.pt").is_file()
-    monkeypatch.setattr(crosscheck, "_write_history", real_write)
+    monkeypatch.setattr(crosscheck, "_write_csv", real_write)
     assert crosscheck.main(argv) == 0
     assert "resuming" in capsys.readouterr().out
 
@@ -106,3 +106,33 @@ def test_summary_groups_runs_by_implementation_and_precision(tmp_path, capsys):
         assert [r["runs"] for r in csv.DictReader(f)] == ["1", "2"]
     with pytest.raises(SystemExit, match="is not a finished run folder"):
         crosscheck.main(["summary", str(tmp_path / "missing")])
+
+    # A row's runs differ in their seed only: a folder named twice counts once; a seed twice, other
+    # settings, unusable accuracies or an unwritable --csv are refused with one line.
+    assert crosscheck.main(["summary", runs[0], runs[0] + "/", runs[1]]) == 0
+    assert "| 30 | 2 |" in capsys.readouterr().out
+    twin = run("t0-again", 0, 0.91, 0.90, 0.89)
+    with pytest.raises(SystemExit, match="repeats seed 0"):
+        crosscheck.main(["summary", runs[1], twin])
+    other = run("t2-lr", 2, 0.9, 0.9, 0.9)
+    config = json.loads((tmp_path / "t2-lr" / "config.json").read_text())
+    config["settings"]["lr"] = 0.05
+    (tmp_path / "t2-lr" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="differ in lr, not only the seed"):
+        crosscheck.main(["summary", runs[1], other])
+    nan = run("t3-nan", 3, float("nan"), 0.9, 0.9)
+    with pytest.raises(SystemExit, match="no usable val_accuracy"):
+        crosscheck.main(["summary", nan])
+    with pytest.raises(SystemExit, match="is a folder"):
+        crosscheck.main(["summary", runs[1], "--csv", str(tmp_path)])
+
+
+def test_a_run_dir_that_is_a_file_or_holds_a_garbled_config_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        crosscheck.main(["--run-dir", str(tmp_path / "file")])
+    (tmp_path / "run").mkdir()
+    for text in ("{", "{}", "[]"):
+        (tmp_path / "run" / "config.json").write_text(text)
+        with pytest.raises(SystemExit, match="is not the config.json of a results.crosscheck run"):
+            crosscheck.main(["--run-dir", str(tmp_path / "run")])

@@ -266,6 +266,69 @@ def test_bad_input_is_refused_with_one_line(tiny_runs, tmp_path, capsys):
     assert not out.exists()  # nothing written for refused input
     err = one_line_error(capsys, ["throughput", "--models", "lenet5", "--out", str(out / "t.csv")])
     assert "unknown model 'lenet5'" in err
+    assert "is a folder" in one_line_error(capsys, ["throughput", "--models", "lenet", "--out", str(tmp_path)])
+
+
+def small_copy(source, dest):
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.keras", "checkpoints", "tensorboard"))
+    return dest
+
+
+def test_garbled_values_are_refused_before_anything_is_copied(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    bad = small_copy(tiny_runs / "exp" / "lenet-seed0", tmp_path / "bad")
+    good = json.loads((bad / "metrics.json").read_text())
+    for key, value in [("test_accuracy", float("nan")), ("test_accuracy", True), ("val_accuracy", 1.5),
+                       ("last_epoch_test_accuracy", "0.5")]:
+        (bad / "metrics.json").write_text(json.dumps({**good, key: value}))
+        assert f"{key} is" in one_line_error(capsys, ["build", str(bad), "--out", str(out)])
+    (bad / "metrics.json").write_text(json.dumps(good))
+    (bad / "history.csv").write_text("epoch,val_accuracy\n1,abc\n")
+    assert "is not a history.csv" in one_line_error(capsys, ["build", str(bad), "--out", str(out)])
+    small_copy(tiny_runs / "exp" / "lenet-seed0", tmp_path / "fine")
+    config = json.loads((bad / "config.json").read_text())
+    config["settings"]["epochs"] = "2"
+    (bad / "config.json").write_text(json.dumps(config))
+    err = one_line_error(capsys, ["build", str(tmp_path / "fine"), str(bad), "--out", str(out)])
+    assert "settings.epochs must be a whole number" in err
+    assert not out.exists()  # the good run named beside it was not copied either
+
+
+def test_a_committed_copy_is_never_overwritten_or_deleted(built, tiny_runs, tmp_path, capsys):
+    out, _ = built
+    again = tmp_path / "results"
+    shutil.copytree(out, again)
+    before = {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()}
+    stripped = small_copy(tiny_runs / "exp" / "lenet-seed0", tmp_path / "exp" / "lenet-seed0")
+    (stripped / "history.csv").unlink()
+    assert "has no history.csv than its copy" in one_line_error(capsys, ["build", str(stripped), "--out", str(again)])
+    small_copy(tiny_runs / "exp" / "lenet-seed0", tmp_path / "other" / "lenet-seed0")
+    metrics = json.loads((tmp_path / "other" / "lenet-seed0" / "metrics.json").read_text())
+    (tmp_path / "other" / "lenet-seed0" / "metrics.json").write_text(json.dumps({**metrics, "test_accuracy": 0.99}))
+    err = one_line_error(capsys, ["build", str(tmp_path / "other"), "--out", str(again)])
+    assert "has another metrics.json than its copy" in err and "the copy is kept" in err
+    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == before
+
+
+def test_the_same_seed_twice_in_a_row_is_refused(built, tiny_runs, tmp_path, capsys):
+    out, _ = built
+    again = tmp_path / "results"
+    shutil.copytree(out, again)
+    before = {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()}
+    twin = small_copy(tiny_runs / "exp" / "lenet-seed0", tmp_path / "rerun" / "lenet-seed0")
+    config = json.loads((twin / "config.json").read_text())
+    (twin / "config.json").write_text(json.dumps(config))  # other bytes, so another run id: seed 0 again
+    err = one_line_error(capsys, ["build", str(twin), "--out", str(again)])
+    assert "runs of the same model, recipe and seed 0" in err
+    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == before
+
+
+def test_zoo_checks_its_out_before_training(tiny_cifar, tmp_path, capsys):
+    (tmp_path / "outfile").write_text("")
+    err = one_line_error(capsys, ["zoo", "--models", "lenet", "--seeds", "0", "--epochs", "1", "--runs-dir",
+                                  str(tmp_path / "runs"), "--out", str(tmp_path / "outfile"),
+                                  "--data-dir", str(tiny_cifar[0])])
+    assert "is not a folder" in err and not (tmp_path / "runs").exists()
 
 
 def test_a_real_process_prints_no_traceback(tmp_path):
@@ -425,6 +488,20 @@ def test_the_backend_comparison_tabulates_each_backends_runs():
     table = backends.table(rows, "lenet")
     assert "| tensorflow | float32 | 55.00 ± 7.07 | 51.00 ± 1.41 | 2 | 10 | 8,500 | 2.0 |" in table
     assert "| tensorflow | mixed_bfloat16 | 55.00 ± 0.00 | 51.00 ± 0.00 | 1 | 10 | 12,000 | 1.0 |" in table
+    rows[2]["train_images_per_second"] = None  # runs that did not record it
+    assert "| jax | float32 | 55.00 ± 0.00 | 51.00 ± 0.00 | 1 | 10 | not recorded | 1.0 |" in backends.table(rows, "lenet")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be >= 1"), (["--seeds", "0", "0"], "--seeds without repeats"),
+    (["--model", "lenet5"], "unknown model 'lenet5'")])
+def test_the_backend_comparison_refuses_bad_flags_before_any_backend_starts(flags, message, tmp_path, capsys):
+    from results import backends
+
+    with pytest.raises(SystemExit) as e:
+        backends.main(["--out", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err.splitlines()[-1] and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("folder", ["backends", "precision/lenet", "precision/resnet20"])
