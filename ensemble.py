@@ -29,7 +29,6 @@ written under a temporary name and renamed when complete.
 import argparse
 import contextlib
 import csv
-import json
 import math
 import os
 import re
@@ -103,22 +102,24 @@ class Member:
 
 def _read_json(path):
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        return runfolder.read_json_object(path)
+    except ValueError as e:
         raise EnsembleError(f"cannot read {path}: {e}") from None
 
 
 def load_member(run_dir, checkpoint="best"):
-    """The model and settings of one run folder; raises EnsembleError when it is unusable."""
+    """The model and settings of one finished run folder; raises EnsembleError when it is unusable."""
     if checkpoint not in CHECKPOINTS:
         raise EnsembleError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}; got {checkpoint!r}")
     path = Path(run_dir)
-    if not path.is_dir():
-        raise EnsembleError(f"run folder {path} does not exist")
-    if not (path / "config.json").is_file():
-        raise EnsembleError(f"{path} holds no config.json; not a run folder written by train.py")
+    try:  # what inference refuses (missing, not a run, damaged, unfinished), refused here too
+        inference.read_finished_run(path)
+    except inference.InferenceError as e:
+        raise EnsembleError(str(e)) from None
     config = _read_json(path / "config.json")
-    preprocess = config.get("settings", {}).get("preprocess")
+    if not isinstance(config.get("settings"), dict):
+        raise EnsembleError(f"{path / 'config.json'} has no settings object; not a run folder written by train.py")
+    preprocess = config["settings"].get("preprocess")
     if preprocess not in data.PREPROCESSING:
         raise EnsembleError(f"{path / 'config.json'}: settings.preprocess must be one of "
                             f"{', '.join(data.PREPROCESSING)}; got {preprocess!r}")
@@ -147,6 +148,11 @@ def load_member(run_dir, checkpoint="best"):
         raise EnsembleError(f"{path / 'config.json'}: {e}") from None
     metrics_file = path / "metrics.json"
     metrics = _read_json(metrics_file) if metrics_file.is_file() else None
+    for key in ("val_accuracy", "last_val_accuracy"):
+        value = (metrics or {}).get(key)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and 0 <= value <= 1):  # NaN fails too
+            raise EnsembleError(f"{metrics_file}: {key} is {value!r}, not an accuracy between 0 and 1")
     return Member(str(run_dir), path, checkpoint, model, config, metrics, inference=probabilities)
 
 
@@ -177,6 +183,9 @@ def predict_probs(member, images, *, batch_size=256, tta=False):
         raise ValueError(f"images must be uint8 with shape (N, 32, 32, 3); got {images.dtype} {images.shape}")
     forward = _forward_fn(member, tta)
     out = [forward(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    if not all(np.isfinite(batch).all() for batch in out):  # else argmax would say class 0, silently
+        raise EnsembleError(f"{member.name} gives non-finite probabilities ({member.checkpoint}.keras holds NaN "
+                            "or infinite weights, or overflows): leave it out")
     return np.concatenate(out) if out else np.zeros((0, member.model.output_shape[-1]), np.float32)
 
 
@@ -660,15 +669,26 @@ def run(args):
     out = Path(args.out or "ensemble.json")
     submission = Path(args.submission or "submission.csv")
     targets = ([out] if args.out or not args.predict else []) + ([submission] if args.kaggle_test_dir else [])
+    runs = [Path(r).resolve() for r in args.runs]
     for path in targets:  # before any slow work
         if not path.parent.is_dir():
             raise EnsembleError(f"cannot write {path}: folder {path.parent} does not exist")
+        if path.is_dir():
+            raise EnsembleError(f"cannot write {path}: it is a folder; give a file name")
+        inside = next((r for r in runs if r in path.resolve().parents), None)
+        if inside is not None:
+            raise EnsembleError(f"cannot write {path}: it is inside the run folder {inside}, whose files it could "
+                                "replace; write it elsewhere")
+    if len(targets) == 2 and targets[0].resolve() == targets[1].resolve():
+        raise EnsembleError(f"--out and --submission are the same file ({out}); give two names")
     with contextlib.ExitStack() as owned:  # one process at a time writes each output
         for path in targets:
             try:
                 owned.enter_context(runlock.hold(path, "output file"))
             except runlock.Busy as e:
                 raise EnsembleError(str(e)) from None
+            except OSError as e:
+                raise EnsembleError(f"cannot write {path}: {e.strerror or e}") from None
         return _run_owned(args, spec, out, submission)
 
 
@@ -731,6 +751,9 @@ def main(argv=None):
         return run(args)
     except EnsembleError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the checks above could not foresee (permissions, a full disk)
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; nothing half-written was left behind", file=sys.stderr)

@@ -115,6 +115,8 @@ def _read_json(path):
 def read_finished_run(run_dir):
     """The config.json of a finished run (every epoch committed in its state.json); InferenceError otherwise."""
     run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise InferenceError(f"{run} is a file, not a run folder")
     if not run.is_dir():
         raise InferenceError(f"run folder {run} does not exist")
     if not (run / "config.json").is_file():

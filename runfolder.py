@@ -63,8 +63,12 @@ def _fsync_replace(tmp, path):
 def write_atomic(path, text):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    _fsync_replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        _fsync_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves neither a half file nor its temporary
+        raise
 
 
 def write_json(path, obj):

@@ -219,8 +219,18 @@ def _other_data(config):
     config["data"]["val_indices_sha256"] = "0" * 64
 
 
+def _unfinished(config):
+    config["settings"]["epochs"] = 30
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "run folder {tmp}/nope does not exist"),
+    ("unfinished", "is not finished (2 of 30 epochs completed)"),
+    ("garbled_config", "{tmp}/b/config.json is damaged (holds a list, not an object)"),
+    ("nan_val", "metrics.json: val_accuracy is nan, not an accuracy between 0 and 1"),
+    ("out_folder", "cannot write {tmp}: it is a folder"),
+    ("out_in_run", "cannot write {tmp}/b/metrics.json: it is inside the run folder {tmp}/b"),
+    ("same_outputs", "--out and --submission are the same file"),
     ("no_best", "has no best.keras (a run trained with --val-split 0"),
     ("bad_weights", "--weights must be accuracy, uniform or comma-separated numbers"),
     ("weight_count", "--weights 1,2,3 gives 3 weights for 2 run(s)"),
@@ -237,6 +247,13 @@ def test_errors_are_one_line_with_exit_2(case, message, tiny_cifar, tiny_runs, t
     b_copy = lambda **kw: str(_copy_run(tiny_runs[1], tmp_path / "b", **kw))  # noqa: E731
     argv = {
         "missing": lambda: [a, str(tmp_path / "nope")],
+        "unfinished": lambda: [a, b_copy(edit=_unfinished)],
+        "garbled_config": lambda: [a, b_copy(), (tmp_path / "b" / "config.json").write_text("[]") and None][:2],
+        "nan_val": lambda: [a, b_copy(), (tmp_path / "b" / "metrics.json").write_text(
+            json.dumps({**read_json(tiny_runs[1] / "metrics.json"), "val_accuracy": float("nan")})) and None][:2],
+        "out_folder": lambda: [a, "--out", str(tmp_path)],
+        "out_in_run": lambda: [a, b_copy(), "--out", str(tmp_path / "b" / "metrics.json")],
+        "same_outputs": lambda: [a, "--kaggle-test-dir", str(tmp_path), "--submission", str(tmp_path / "ens.json")],
         "no_best": lambda: [a, b_copy(remove=["best.keras"])],
         "bad_weights": lambda: [a, b, "--weights", "heavy"],
         "weight_count": lambda: [a, b, "--weights", "1,2,3"],
@@ -249,9 +266,12 @@ def test_errors_are_one_line_with_exit_2(case, message, tiny_cifar, tiny_runs, t
                                       "--submission", str(tmp_path / "no" / "s.csv")],
     }[case]()
     out = tmp_path / "ens.json"
-    assert ensemble.main([*argv, "--data-dir", str(root), "--out", str(out)]) == 2
+    given_out = ["--out", str(out)] if "--out" not in argv else []
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert ensemble.main([*argv, "--data-dir", str(root), *given_out]) == 2
     assert message.format(tmp=tmp_path) in one_line_error(capsys)
     assert not out.exists()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written or left
 
 
 def test_error_in_a_real_process_has_no_traceback(tmp_path):
@@ -402,3 +422,16 @@ def test_predict_one_file_and_a_folder(tiny_runs, tmp_path, capsys):
     assert [r[0] for r in rows] == [f"{i}.png" for i in range(1, 13)]  # natural order
     assert [r[1] for r in rows] == [labels[i] for i in range(1, 13)]
     np.testing.assert_allclose([float(r[2]) for r in rows], [probs[i] for i in range(1, 13)], atol=1e-4)
+
+
+def test_a_member_giving_non_finite_probabilities_is_refused(members):
+    """argmax of NaN is 0: without the check every image would be an airplane, silently."""
+    import dataclasses
+
+    inputs = keras.Input(data.IMAGE_SHAPE, dtype="uint8")
+    nan = keras.layers.Lambda(lambda t: keras.ops.full((keras.ops.shape(t)[0], 10), float("nan")))(inputs)
+    broken = dataclasses.replace(members[0], inference=keras.Model(inputs, nan), _forward={})
+    images = np.zeros((3, *data.IMAGE_SHAPE), np.uint8)
+    with pytest.raises(ensemble.EnsembleError, match="gives non-finite probabilities"):
+        ensemble.predict_probs(broken, images)
+    assert np.isfinite(ensemble.predict_probs(members[0], images)).all()

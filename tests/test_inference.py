@@ -306,6 +306,7 @@ def _damaged(run):
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "run folder {tmp}/nope does not exist"),
+    ("a_file", "{tmp}/image.png is a file, not a run folder"),
     ("not_a_run", "{tmp}/run holds no config.json"),
     ("unfinished", "{tmp}/run is not finished (1 of 2 epochs completed)"),
     ("damaged", "cannot load {tmp}/run/best.keras: damaged or not a Keras model file"),
@@ -319,13 +320,15 @@ def _damaged(run):
 ])
 def test_errors_are_one_line_with_exit_2_and_nothing_written(case, message, runs, tmp_path, capsys):
     run = tmp_path / "run"
-    if case not in ("missing", "not_a_run"):
+    if case not in ("missing", "not_a_run", "a_file"):
         shutil.copytree(runs["standardize"], run)
     {"not_a_run": lambda: run.mkdir(), "unfinished": lambda: _unfinished(run), "damaged": lambda: _damaged(run),
      "no_best": lambda: (run / "best.keras").unlink(), "bad_config": lambda: (run / "config.json").write_text("{"),
-     "out_exists": lambda: (tmp_path / "taken").mkdir()}.get(case, lambda: None)()
+     "out_exists": lambda: (tmp_path / "taken").mkdir(),
+     "a_file": lambda: (tmp_path / "image.png").write_bytes(b"")}.get(case, lambda: None)()
     argv = {
         "missing": [str(tmp_path / "nope")],
+        "a_file": [str(tmp_path / "image.png")],
         "unknown_format": [str(run), "--export", "pdf", "--out", str(tmp_path / "x")],
         "out_exists": [str(run), "--export", "savedmodel", "--out", str(tmp_path / "taken")],
         "out_folder": [str(run), "--export", "tflite", "--out", str(tmp_path / "no" / "model.tflite")],

@@ -649,3 +649,10 @@ def test_a_full_disk_under_tensorboards_log_is_one_line_too(unfinished_run, tiny
     assert f"the disk holding {run} is full" in line and "tensorboard" in line and "after epoch 2" in line
     monkeypatch.undo()
     assert train.main(tiny_args(root, run, "--epochs", "2")) == 0  # epoch 2 was committed: evaluated now
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "target").mkdir()  # os.replace onto a folder fails after the temporary is written
+    with pytest.raises(OSError):
+        runfolder.write_json(tmp_path / "target", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
