@@ -29,7 +29,7 @@ import numpy_pipeline
 import settings as settings_
 from errors import TrainError
 from runfolder import (HISTORY_FIELDS, RunFolder, check_same_data, data_fingerprint, default_run_dir, existing_run,
-                       hold, indices_fingerprint, worker_folder, write_json)
+                       hold, indices_fingerprint, other_settings, worker_folder, write_json)
 
 if distribute.BACKEND == "tensorflow":  # the other backends' processes may have no TensorFlow installed
     import tensorflow as tf
@@ -75,6 +75,25 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, loaded=None, verbose
         finally:
             if run is not home:
                 shutil.rmtree(run.path, ignore_errors=True)
+
+
+def check_folder(model, run_dir, loaded, **overrides):
+    """What train() would refuse in an existing run folder, checked without training or writing
+    anything: a damaged config.json or metrics.json, other settings once an epoch is committed, other
+    data than `loaded` (where the settings match). A series checks each of its folders with it before
+    its first run, so that a refusal comes before hours of training, not after."""
+    settings, _ = settings_.resolve_settings(model, **{k: v for k, v in overrides.items() if k in settings_.SETTINGS})
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
+        return
+    config = run.read_json("config.json")
+    if config is None:
+        existing_run(run, settings)  # refuses a folder of other files
+        return
+    if other_settings(run, config, settings):
+        return  # train() starts it anew: no epoch of its other settings was committed
+    check_same_data(run, config.get("data") or {}, _split(settings, loaded, None).record)
+    existing_run(run, settings)  # a finished run's metrics.json checked as train() reads it back
 
 
 @dataclass

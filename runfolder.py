@@ -284,6 +284,18 @@ def hold(path, what):
         raise TrainError(str(e)) from None
 
 
+def other_settings(run, config, settings):
+    """How `settings` differ from those of the run whose config.json is `config`: [] for none; TrainError
+    where the run has committed an epoch of its own (it resumes with those only), DamagedRun for a
+    config.json without settings."""
+    if not isinstance(config.get("settings"), dict):
+        raise DamagedRun(f"{run.path / 'config.json'} is damaged (it lacks 'settings'); {_damaged_advice(run)}")
+    diffs = settings_.describe_differences(config["settings"], settings)
+    if diffs and (run.path / "state.json").exists():
+        raise TrainError(f"{run.path} holds a run with other settings ({'; '.join(diffs)}); use another --run-dir")
+    return diffs
+
+
 def existing_run(run, settings):
     """The metrics of a finished run in `run`, None for a new or unfinished one; TrainError if unrelated."""
     old_config = run.read_json("config.json")
@@ -292,13 +304,8 @@ def existing_run(run, settings):
             raise TrainError(f"run folder {run.path} is not empty and holds no run "
                              f"({', '.join(run.foreign_files()[:3])}, ...); use an empty or new folder")
         return None
-    if not isinstance(old_config.get("settings"), dict):
-        raise DamagedRun(f"{run.path / 'config.json'} is damaged (it lacks 'settings'); {_damaged_advice(run)}")
-    diffs = settings_.describe_differences(old_config["settings"], settings)
+    diffs = other_settings(run, old_config, settings)
     if diffs:
-        if (run.path / "state.json").exists():
-            raise TrainError(f"{run.path} holds a run with other settings ({'; '.join(diffs)}); "
-                             "use another --run-dir")
         # The earlier attempt committed no epoch (it stopped in its first): there is nothing to keep.
         print(f"{run.path}: no epoch of its earlier settings was committed; starting with the new ones "
               f"({'; '.join(diffs)})", flush=True)

@@ -38,6 +38,12 @@ def run_grid(model, variants, seeds, out, *, loaded=None, data_dir=None, verbose
     with hold(out, "--out folder"):  # one process at a time runs a series
         if loaded is None:
             loaded = data.load(*datasets.pop(), data_dir)
+        for name, overrides in variants.items():  # every folder checked before the first run trains
+            for seed in seeds:
+                folder = run_dir(out, name, seed)
+                loop.check_folder(model, folder, loaded, seed=seed, **{**common, **overrides})
+                if (folder / "metrics.json").is_file():
+                    history(folder)  # a finished run's curves are read back for the report
         results = {}
         for name, overrides in variants.items():
             results[name] = []
@@ -63,29 +69,47 @@ def percent_stats(values):
 
 
 def summary_rows(results):
-    """One dict per variant: val and test accuracy statistics (%), runs, wall minutes."""
+    """One dict per variant: val and test accuracy statistics (%), runs, wall minutes; the val ones
+    None where a run has no validation split."""
     rows = []
     for name, runs in results.items():
         metrics = [m for _, m in runs]
-        val = percent_stats([m["val_accuracy"] for m in metrics])
+        vals = [m.get("val_accuracy") for m in metrics]
+        val = (None, None) if None in vals else [round(v, 2) for v in percent_stats(vals)[:2]]  # no split: none
         test = percent_stats([m["test_accuracy"] for m in metrics])
-        rows.append(dict(variant=name, val_mean=round(val[0], 2), val_std=round(val[1], 2),
+        rows.append(dict(variant=name, val_mean=val[0], val_std=val[1],
                          test_mean=round(test[0], 2), test_std=round(test[1], 2), test_median=round(test[2], 2),
                          runs=len(metrics), epochs=metrics[0]["epochs_completed"],
                          wall_minutes=round(sum(m["wall_seconds"] for m in metrics) / 60, 1)))
     return rows
 
 
+def stat_text(mean, std):
+    """"mean ± std" of a summary row's figures, "n/a" where there are none (no validation split)."""
+    return "n/a" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+
 def history(run_dir):
-    """history.csv of a run as {column: numpy array}."""
-    with open(Path(run_dir) / "history.csv") as f:
-        rows = list(csv.DictReader(f))
-    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in rows[0]}
+    """history.csv of a run as {column: numpy array}; TrainError where it is missing or damaged."""
+    path = Path(run_dir) / "history.csv"
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise ValueError("no epoch in it")
+        return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in rows[0]}
+    except (OSError, ValueError, TypeError, csv.Error) as e:
+        raise TrainError(f"{path} is missing or damaged ({e.strerror if isinstance(e, OSError) else e}); "
+                         f"its epochs are in {path.parent / 'state.json'}: restore the file, or train that run "
+                         "anew in another folder") from None
 
 
 def mean_curve(runs, column):
-    """The mean over runs of a history column, cut to the shortest run."""
-    curves = [history(run_dir)[column] for run_dir, _ in runs]
+    """The mean over runs of a history column, cut to the shortest run; None where no run has the
+    column's values (validation accuracy without a validation split)."""
+    curves = [history(run_dir).get(column) for run_dir, _ in runs]
+    if any(c is None or np.isnan(c).all() for c in curves):
+        return None
     length = min(len(c) for c in curves)
     return np.mean([c[:length] for c in curves], axis=0)
 

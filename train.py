@@ -32,10 +32,11 @@ def _train_seeds(model, seeds, out, options, overrides):
     runs = [{"run_dir": str(d), "seed": s, "val_accuracy": m["val_accuracy"], "test_accuracy": m["test_accuracy"],
              "test_accuracy_flip_tta": m.get("test_accuracy_flip_tta")} for s, (d, m) in zip(seeds, results[model])]
     write_json(out / "summary.json", {"model": model, "seeds": seeds, **row, "runs_detail": runs})
+    chosen = "the model its validation split chose" if row["val_mean"] is not None else "the last epoch's model"
     text = (f"{model}, {row['runs']} runs (seeds {', '.join(map(str, seeds))}), {row['epochs']} epochs: "
-            f"validation accuracy {row['val_mean']:.2f} ± {row['val_std']:.2f} %, test accuracy "
+            f"validation accuracy {series.stat_text(row['val_mean'], row['val_std'])} %, test accuracy "
             f"{row['test_mean']:.2f} ± {row['test_std']:.2f} % (mean ± sample std; test measured once per run "
-            "on the model its validation split chose)\n")
+            f"on {chosen})\n")
     write_atomic(out / "summary.md", text)
     print(text, end="")
 

@@ -100,6 +100,11 @@ def _show(args, out):
 
 def _plot(args, out):
     schedules = {name: _schedule(name, args) for name in dict.fromkeys(args.schedules)}
+    path = Path(args.out)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give the chart's file name (e.g. {path / 'lr.png'})")
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")  # what matplotlib would write; said so below
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -126,8 +131,8 @@ def _plot(args, out):
                  f"{'epoch' if per_epoch else 'step'}")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.savefig(args.out, dpi=120)
-    out.write(f"wrote {args.out}\n")
+    fig.savefig(path, dpi=120)
+    out.write(f"wrote {path}\n")
 
 
 def _compare(args, out):
@@ -144,7 +149,7 @@ def _compare(args, out):
     lines = ["| schedule | test acc % median | test acc % mean ± std | val acc % mean ± std | runs | epochs | wall min, all runs |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['test_median']:.2f} | {r['test_mean']:.2f} ± {r['test_std']:.2f} | "
-              f"{r['val_mean']:.2f} ± {r['val_std']:.2f} | {r['runs']} | {r['epochs']} | {r['wall_minutes']} |"
+              f"{series.stat_text(r['val_mean'], r['val_std'])} | {r['runs']} | {r['epochs']} | {r['wall_minutes']} |"
               for r in rows]
     (Path(args.out) / "results.md").write_text("\n".join(lines) + "\n")
     _plot_comparison(results, args.model, Path(args.out) / "curves.png")
@@ -160,14 +165,18 @@ def _plot_comparison(results, model, path):
     lr_ax, acc_ax = fig.subplots(1, 2)
     for name, runs in results.items():
         lr = series.mean_curve(runs, "lr")
-        acc = series.mean_curve(runs, "val_accuracy") * 100
+        acc = series.mean_curve(runs, "val_accuracy")
         lr_ax.plot(np.arange(1, len(lr) + 1), lr, label=name)
-        acc_ax.plot(np.arange(1, len(acc) + 1), acc, label=f"{name} ({len(runs)} run(s))")
+        if acc is not None:  # None without a validation split
+            acc_ax.plot(np.arange(1, len(acc) + 1), acc * 100, label=f"{name} ({len(runs)} run(s))")
     lr_ax.set(xlabel="epoch", ylabel="learning rate at the start of the epoch", title="learning rate")
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{model}: validation accuracy, mean of runs")
+    if not acc_ax.lines:
+        acc_ax.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=acc_ax.transAxes)
     for ax in (lr_ax, acc_ax):
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.savefig(path, dpi=120)
 
 

@@ -61,7 +61,7 @@ def _count(value):
 def table(rows, model):
     lines = [f"| backend ({model}) | precision | val acc % | test acc % | runs | epochs | training images/s "
              "| wall minutes, all runs |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['precision']} | {r['val_mean']:.2f} ± {r['val_std']:.2f} "
+    lines += [f"| {r['backend']} | {r['precision']} | {series.stat_text(r['val_mean'], r['val_std'])} "
               f"| {r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['runs']} | {r['epochs']} "
               f"| {_count(r['train_images_per_second'])} | {r['wall_minutes']} |" for r in rows]
     return "\n".join(lines) + "\n"

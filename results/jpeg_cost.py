@@ -72,7 +72,7 @@ def rows(results, x_val, y_val):
 def table(rows):
     lines = ["| trained on | val acc %, exact images | the same, re-evaluated | the same images through JPEG q75 "
              "| test acc % (the copy's) | runs | epochs |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['val_mean']:.2f} ± {r['val_std']:.2f} | {r['val_exact_mean']:.2f} ± "
+    lines += [f"| {r['variant']} | {series.stat_text(r['val_mean'], r['val_std'])} | {r['val_exact_mean']:.2f} ± "
               f"{r['val_exact_std']:.2f} | {r['val_jpeg_mean']:.2f} ± {r['val_jpeg_std']:.2f} | {r['test_mean']:.2f} ± "
               f"{r['test_std']:.2f} | {r['runs']} | {r['epochs']} |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -61,18 +61,22 @@ def write_reports(rows, results, out):
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = "" if r["reference_test"] is None else f"{r['reference_test']:.2f}"
-        lines.append(f"| {r['variant']} | {r['adds']} | {r['val_mean']:.2f} ± {r['val_std']:.2f} | "
+        lines.append(f"| {r['variant']} | {r['adds']} | {series.stat_text(r['val_mean'], r['val_std'])} | "
                      f"{r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['runs']} | {r['epochs']} | "
                      f"{r['wall_minutes']} | {ref} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, runs in results.items():
-        curve = series.mean_curve(runs, "val_accuracy") * 100
-        ax.plot(np.arange(1, len(curve) + 1), curve, label=name)
+        curve = series.mean_curve(runs, "val_accuracy")
+        if curve is not None:  # None without a validation split
+            ax.plot(np.arange(1, len(curve) + 1), curve * 100, label=name)
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="LeNet on CIFAR-10: validation accuracy")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
     plt.close(fig)

@@ -1,0 +1,85 @@
+"""series.run_grid (train.py --seeds, the ablation, the schedule comparison): every existing run
+folder is checked before the first run trains, and a series without a validation split reports
+none rather than NaN."""
+
+import json
+import shutil
+
+import pytest
+
+import train
+from cifar_files import write_cifar_folder
+from htd.__main__ import main as htd_main
+
+TINY = ["--model", "lenet", "--epochs", "1", "--val-split", "40", "--batch-size", "50"]
+
+
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory):
+    """Another tiny CIFAR-10: other images, 30 a class."""
+    root = tmp_path_factory.mktemp("other-cifar")
+    write_cifar_folder(root, train_per_class=30, seed=5)
+    return root
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def trained(out):
+    return sorted(p.name for p in (out / "runs").iterdir())
+
+
+def test_a_series_refuses_a_finished_run_of_other_data_before_training(tiny_cifar, other_data, tmp_path, capsys):
+    out = tmp_path / "series"
+    assert train.main([*TINY, "--data-dir", str(tiny_cifar[0]), "--seeds", "0", "--run-dir", str(out)]) == 0
+    capsys.readouterr()
+    assert train.main([*TINY, "--data-dir", str(other_data), "--seeds", "0", "1", "--run-dir", str(out)]) == 2
+    assert "seed0 was trained on other data" in one_line_error(capsys)
+    assert trained(out) == ["lenet-seed0"]  # seed 1 was not trained on the way to the refusal
+
+
+def test_a_changed_setting_is_refused_before_the_other_runs_train(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "series"
+    data = ["--data-dir", str(tiny_cifar[0]), "--run-dir", str(out)]
+    assert train.main([*TINY, *data, "--seeds", "1"]) == 0
+    capsys.readouterr()
+    assert train.main([*TINY[:-6], "--epochs", "2", *TINY[-4:], *data, "--seeds", "0", "1"]) == 2
+    assert "seed1 holds a run with other settings (epochs: 1 there, 2 now;" in one_line_error(capsys)
+    assert trained(out) == ["lenet-seed1"]
+
+
+def test_a_finished_run_without_its_history_is_refused_before_training(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "series"
+    data = ["--data-dir", str(tiny_cifar[0]), "--run-dir", str(out)]
+    assert train.main([*TINY, *data, "--seeds", "1"]) == 0
+    (out / "runs" / "lenet-seed1" / "history.csv").unlink()
+    capsys.readouterr()
+    assert train.main([*TINY, *data, "--seeds", "0", "1"]) == 2
+    assert "history.csv is missing or damaged" in one_line_error(capsys)
+    assert trained(out) == ["lenet-seed1"]
+
+
+def test_without_a_validation_split_the_summary_says_so(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "series"
+    argv = [*TINY[:-4], "--val-split", "0", "--batch-size", "50", "--data-dir", str(tiny_cifar[0]),
+            "--seeds", "0", "1", "--run-dir", str(out)]
+    assert train.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())  # strict JSON: no NaN in it
+    assert summary["val_mean"] is None and summary["runs"] == 2
+    text = (out / "summary.md").read_text()
+    assert "validation accuracy n/a %" in text and "on the last epoch's model" in text and "nan" not in text
+    shutil.rmtree(out / "runs" / "lenet-seed0")  # the comparison's chart has no validation curve to draw
+    assert htd_main(["compare", "--model", "lenet", "--schedules", "step", "--seeds", "0", "--epochs", "1",
+                     "--val-split", "0", "--batch-size", "50", "--data-dir", str(tiny_cifar[0]),
+                     "--out", str(tmp_path / "htd")]) == 0
+    assert "| n/a |" in (tmp_path / "htd" / "results.md").read_text()
+
+
+def test_htd_plot_writes_the_file_it_names(tmp_path, capsys):
+    assert htd_main(["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert htd_main(["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1", "--out", str(tmp_path / "lr")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'lr.png'}\n" and (tmp_path / "lr.png").is_file()
