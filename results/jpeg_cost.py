@@ -2,6 +2,7 @@
 
     python -m results.jpeg_cost --data-dir ../shared/data --out runs/jpeg-cost [--model resnet20]
         [--epochs 60] [--seeds 0 1]
+    python -m results.jpeg_cost split RUN_DIR ... --data-dir ../shared/data [--csv FILE]
 
 The development copy of CIFAR-10 (../shared/data/README.md) keeps the original pixels of its first
 4,000 training images and decodes every other image from a JPEG (quality 75) copy. This trains
@@ -14,6 +15,10 @@ validation images after the same round trip (its inference model, RUN/inference.
 cost of testing on recompressed pixels, which every test accuracy measured on the copy pays
 (its test set is mostly recompressed; reported beside). Each run is a run folder trained by the
 one loop (series.run_grid), resumable; OUT/results.md and OUT/results.csv hold the table.
+
+`split` looks at finished runs trained on the whole copy instead: their validation images are a
+stratified draw from all 50,000, so about 400 of them are exact; it gives each run's chosen model's
+accuracy on those, on the same images after the round trip, and on the recompressed rest.
 """
 
 import argparse
@@ -78,7 +83,77 @@ def table(rows):
     return "\n".join(lines) + "\n"
 
 
+def split_rows(run_dirs, full, quality=75):
+    """For finished runs on the whole copy: each run's chosen model on its validation images, parted
+    into those whose pixels are exact (the copy's first 4,000 training images) and the recompressed
+    rest, and on the exact ones after a JPEG round trip too (the same images: a paired comparison)."""
+    import runfolder
+
+    fingerprint = runfolder.data_fingerprint(full)
+    out = []
+    for run_dir in map(Path, run_dirs):
+        config = inference.read_finished_run(run_dir)
+        s, recorded = config["settings"], config.get("data") or {}
+        if recorded.get("sha256") not in (None, fingerprint):
+            raise TrainError(f"{run_dir} was trained on other data than {full.source}")
+        _, val_idx = data.stratified_split(full.y_train, s["val_split"], s["split_seed"])
+        if recorded.get("val_indices_sha256") not in (None, runfolder.indices_fingerprint(val_idx)):
+            raise TrainError(f"{run_dir}: its validation split is not the one its settings give here")
+        if not len(val_idx):
+            raise TrainError(f"{run_dir} has no validation split")
+        model = inference.inference_model(run_dir)
+        exact_idx, jpeg_idx = val_idx[val_idx < EXACT_TRAIN_IMAGES], val_idx[val_idx >= EXACT_TRAIN_IMAGES]
+        if not len(exact_idx):
+            raise TrainError(f"{run_dir}: none of its validation images is one of the copy's exact ones")
+        hits = lambda x, idx: model.predict(x, batch_size=500, verbose=0).argmax(1) == full.y_train[idx]  # noqa: E731
+        exact = hits(full.x_train[exact_idx], exact_idx)
+        exact_jpeg = hits(jpeg_round_trip(full.x_train[exact_idx], quality), exact_idx)
+        rest = hits(full.x_train[jpeg_idx], jpeg_idx)
+        out.append({"run": run_dir.name, "model": s["model"], "epochs": s["epochs"],
+                    "exact_images": len(exact_idx), "exact": float(exact.mean()),
+                    "exact_jpeg": float(exact_jpeg.mean()), "recompressed_images": len(jpeg_idx),
+                    "recompressed": float(rest.mean()) if len(rest) else None, "val_all": float(np.concatenate([exact, rest]).mean()),
+                    "right_exact_only": int((exact & ~exact_jpeg).sum()),
+                    "right_jpeg_only": int((~exact & exact_jpeg).sum())})
+    return out
+
+
+def split_table(rows):
+    def pct(p, n):  # with its binomial standard error
+        return "—" if not n else f"{100 * p:.2f} ± {100 * np.sqrt(p * (1 - p) / n):.2f}"
+
+    lines = ["| run | model | epochs | val acc %, all | exact images (n) | the same through JPEG q75 | changed: right "
+             "only exact / only JPEG | recompressed images (n) |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['model']} | {r['epochs']} | {100 * r['val_all']:.2f} | "
+              f"{pct(r['exact'], r['exact_images'])} ({r['exact_images']}) | {pct(r['exact_jpeg'], r['exact_images'])} | "
+              f"{r['right_exact_only']} / {r['right_jpeg_only']} | "
+              f"{pct(r['recompressed'], r['recompressed_images'])} ({r['recompressed_images']}) |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def split_main(argv):
+    p = argparse.ArgumentParser(prog="python -m results.jpeg_cost split",
+                                description="finished runs on the whole copy: validation accuracy on its exact "
+                                            "and its recompressed images")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--data-dir", help="the copy the runs were trained on (as train.py's --data-dir)")
+    p.add_argument("--csv", help="also write the rows to this CSV file")
+    a = p.parse_args(argv)
+    try:
+        rows = split_rows(a.run_dirs, data.load_cifar10(a.data_dir))
+    except (TrainError, data.DataError, inference.InferenceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.csv:
+        series.write_csv(Path(a.csv), rows)
+    print(split_table(rows), end="")
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["split"]:
+        return split_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", help="the development copy (as train.py's --data-dir)")
     p.add_argument("--out", required=True, help="folder for the runs and the table")

@@ -14,10 +14,12 @@ import pytest
 
 import data
 import execution
+import inference
 import models
 import series
 import train
 from conftest import ROOT
+from errors import TrainError
 from results import __main__ as cli
 from results import runs, table, throughput
 from settings import SETTINGS
@@ -465,6 +467,33 @@ def test_the_jpeg_experiment_recompresses_only_the_training_part(tiny_cifar, mon
     np.testing.assert_array_equal(recompressed.x_test, full.x_test)
     error = np.abs(recompressed.x_train[train_idx].astype(int) - exact.x_train[train_idx]).mean(axis=(1, 2, 3))
     assert (error > 0).all() and error.mean() < 60  # every image changed, none replaced by something else
+
+
+def test_the_split_evaluation_parts_a_runs_validation_images_into_exact_and_recompressed(
+        tiny_cifar, tmp_path, monkeypatch, capsys):
+    """results.jpeg_cost split: the run's own validation images, parted at EXACT_TRAIN_IMAGES; each
+    figure is the run's inference model on those images; a run of other data is refused."""
+    from results import jpeg_cost
+
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    assert train.main(["--model", "lenet", "--data-dir", str(root), "--run-dir", str(run), *TINY, "--epochs", "1"]) == 0
+    monkeypatch.setattr(jpeg_cost, "EXACT_TRAIN_IMAGES", 100)
+    full = data.load_cifar10(root, verbose=False)
+    (row,) = jpeg_cost.split_rows([run], full)
+    _, val_idx = data.stratified_split(full.y_train, 40, 0)
+    exact_idx, rest_idx = val_idx[val_idx < 100], val_idx[val_idx >= 100]
+    assert (row["exact_images"], row["recompressed_images"]) == (len(exact_idx), len(rest_idx)) and len(exact_idx)
+    model = inference.inference_model(run)
+    right = lambda x, i: model.predict(x, verbose=0).argmax(1) == full.y_train[i]  # noqa: E731
+    assert row["exact"] == pytest.approx(right(full.x_train[exact_idx], exact_idx).mean())
+    assert row["exact_jpeg"] == pytest.approx(right(jpeg_cost.jpeg_round_trip(full.x_train[exact_idx]), exact_idx).mean())
+    assert row["recompressed"] == pytest.approx(right(full.x_train[rest_idx], rest_idx).mean())
+    assert row["val_all"] == pytest.approx(metrics_of(run)["val_accuracy"], abs=1 / 40 + 1e-9)
+    assert f"| run | lenet | 1 | {100 * row['val_all']:.2f} |" in jpeg_cost.split_table([row])
+    other = data.Cifar10(full.x_train[::-1].copy(), full.y_train[::-1].copy(), full.x_test, full.y_test, "other")
+    with pytest.raises(TrainError, match="was trained on other data"):
+        jpeg_cost.split_rows([run], other)
 
 
 def test_the_backend_comparison_tabulates_each_backends_runs():
