@@ -65,12 +65,35 @@ class Placement:
         return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
 
+JOBS = ("chief", "worker")  # MultiWorkerMirroredStrategy's: no parameter servers, no evaluator
+
+
 def _cluster():
+    """(is_chief, task index, workers) of TF_CONFIG, every part checked (ValueError saying which) before
+    TensorFlow sees it: its own errors for these are tracebacks, and some only come once it connects."""
     config = json.loads(os.environ["TF_CONFIG"])
-    task = config.get("task", {})
-    cluster = config.get("cluster", {})
+    if not isinstance(config, dict):
+        raise ValueError("not a JSON object")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        raise ValueError("no 'cluster' object listing the workers")
+    for job, tasks in cluster.items():
+        if job not in JOBS:
+            raise ValueError(f"job {job!r}: MultiWorkerMirroredStrategy trains with 'chief' and 'worker' jobs only")
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and ":" in t for t in tasks):
+            raise ValueError(f"cluster.{job} must be a list of 'host:port' strings; got {tasks!r}")
+    if len(cluster.get("chief", [])) > 1:
+        raise ValueError(f"a cluster has one chief; cluster.chief lists {len(cluster['chief'])}")
+    if not isinstance(task, dict):
+        raise ValueError("no 'task' object saying which of the cluster's tasks this process is")
+    kind, index = task.get("type", "worker"), task.get("index", 0)
+    if kind not in cluster:
+        raise ValueError(f"task.type {kind!r} is not a job of the cluster ({', '.join(cluster)})")
+    if isinstance(index, str) and index.isdigit():
+        index = int(index)
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
+        raise ValueError(f"task.index {index!r} is not one of job {kind}'s tasks (0 to {len(cluster[kind]) - 1})")
     workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-    kind, index = task.get("type", "worker"), int(task.get("index", 0))
     is_chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
     return is_chief, index, workers
 
@@ -105,8 +128,9 @@ def place(devices=None):
             is_chief, index, workers = _cluster()
         except (ValueError, TypeError, AttributeError) as e:
             raise DistributeError(f"TF_CONFIG is not a valid cluster description ({e})") from None
-        if devices and devices > 1 and not tf.config.list_physical_devices("GPU"):
-            _split_cpu(devices)
+        if devices is not None:  # MultiWorkerMirroredStrategy takes every local GPU, or the CPU, itself
+            raise DistributeError(f"--devices {devices} with TF_CONFIG: each worker trains on all its GPUs (or its "
+                                  "CPU); --devices chooses the devices of one machine without TF_CONFIG")
         patches.patch_keras_fit()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         local = list(strategy.extended.worker_devices)

@@ -167,6 +167,9 @@ def _open(run, settings, sources, execution, dataset, data_dir, command):
         if state["best"] is not None:
             run.check_archive(Path("checkpoints") / state["best"]["checkpoint"])
     split = _split(settings, dataset, data_dir)
+    if settings["batch_size"] > len(split.x_train):  # one short step an epoch, at an lr scaled for the batch given
+        raise TrainError(f"--batch-size {settings['batch_size']} is larger than the {len(split.x_train)} training "
+                         "images; give a batch of at most that many")
     steps_per_epoch = math.ceil(len(split.x_train) / settings["batch_size"])
     init_from = None
     if state is None:  # built before config.json is written, so that weights that do not fit leave no run behind

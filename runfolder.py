@@ -122,7 +122,12 @@ class RunFolder:
         self.ckpt_dir = self.path / "checkpoints"
 
     def create(self):
-        """The folder itself (and its parents), so that it can be locked before anything is read."""
+        """The folder itself (and its parents), so that it can be locked before anything is read; not
+        inside another run's folder, whose commits prune its checkpoints/ and own its files."""
+        host = next((p for p in self.path.resolve().parents if (p / "config.json").is_file()
+                     and ((p / "state.json").is_file() or (p / "checkpoints").is_dir())), None)
+        if host is not None:
+            raise TrainError(f"run folder {self.path} is inside the run folder {host}; give a folder outside it")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -66,6 +66,10 @@ def main(argv=None, **hooks):
     """The command line `argv` (default sys.argv[1:]); returns the exit status. `hooks` (loop.train's
     `callbacks` and `on_epoch`) let a benchmark watch the runs the command trains."""
     args = build_parser().parse_args(argv)
+    for flag in ("run_dir", "data_dir", "init_from"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():  # an unset shell variable, say
+            print(f"error: --{flag.replace('_', '-')} is empty; give a path, or leave the flag out", file=sys.stderr)
+            return 2
     if args.init_from is not None:  # compared on resume: the same file named from another folder is the same
         args.init_from = os.path.abspath(args.init_from)
     if args.list_models:
@@ -102,6 +106,9 @@ def main(argv=None, **hooks):
         if args.seeds:
             if args.seed is not None:
                 raise TrainError("give --seed or --seeds, not both")
+            if os.environ.get("TF_CONFIG"):
+                raise TrainError("--seeds with TF_CONFIG: a cluster trains one run at a time; run one --seed per "
+                                 "command, the same on every worker")
             check_seeds(args.seeds)
             _train_seeds(args.model, args.seeds, series_out, options,
                          overrides)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -172,3 +173,37 @@ def test_mixed_precision_trains_or_is_refused(tiny_cifar, tmp_path, capsys):
         assert code == 2
         assert "error: --mixed-precision: no GPU, and this CPU has no native bfloat16" in capsys.readouterr().err
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.parametrize("config, message", [
+    ([], "not a JSON object"),
+    ({}, "no 'cluster' object"),
+    ({"cluster": {"worker": "127.0.0.1:1"}, "task": {"index": 0}}, "cluster.worker must be a list of 'host:port'"),
+    ({"cluster": {"worker": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}, "task": {"index": 0}}, "job 'ps'"),
+    ({"cluster": {"worker": ["127.0.0.1:1"]}}, "no 'task' object"),
+    ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}}, "task.type 'chief' is not a job"),
+    ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"index": 3}}, "task.index 3 is not one of job worker's tasks"),
+    ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"index": -1}}, "task.index -1 is not one of"),
+])
+def test_a_cluster_description_tensorflow_would_stumble_on_is_refused_first(config, message, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    with pytest.raises(distribute.DistributeError, match=f"TF_CONFIG is not a valid cluster description .*{re.escape(message)}"):
+        distribute.place()
+
+
+def test_the_chief_and_the_worker_count_of_a_cluster(monkeypatch):
+    cluster = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"]}
+    for task, expected in [({"type": "chief", "index": 0}, (True, 0, 3)), ({"type": "worker", "index": "1"}, (False, 1, 3))]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        assert distribute._cluster() == expected
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--devices", "2"], "--devices 2 with TF_CONFIG"),
+    (["--seeds", "0", "1"], "--seeds with TF_CONFIG"),
+])
+def test_flags_for_one_machine_are_refused_under_tf_config(extra, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"index": 0}}))
+    assert train.main(tiny_args(tmp_path / "no-data", tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "run").exists()

@@ -601,6 +601,7 @@ def test_resuming_on_other_data_is_refused_and_a_moved_copy_is_not(unfinished_ru
     (["--seeds", "0", "1", "0"], "seeds must differ (each is one run); 0 given more than once"),
     (["--seeds", "0", "-3"], "seed must be a whole number from 0 to 4294967295; got -3"),
     (["--devices", "0"], "--devices must be a positive whole number; got 0"),
+    (["--run-dir", " "], "--run-dir is empty; give a path, or leave the flag out"),
 ])
 def test_out_of_range_flags_are_refused_before_anything_is_read_or_written(extra, message, tmp_path, capsys):
     """No data set exists at --data-dir: a flag checked after the data is read would say so instead."""
@@ -608,6 +609,17 @@ def test_out_of_range_flags_are_refused_before_anything_is_read_or_written(extra
     assert train.main(tiny_args(tmp_path / "no-data", run, *extra)) == 2
     assert message in one_error_line(capsys)
     assert not run.exists()
+
+
+def test_a_batch_larger_than_the_training_images_and_a_run_inside_another_are_refused(tiny_cifar, unfinished_run,
+                                                                                     tmp_path, capsys):
+    root, _ = tiny_cifar
+    assert train.main(tiny_args(root, tmp_path / "big", "--batch-size", "1000")) == 2
+    assert "--batch-size 1000 is larger than the 160 training images" in one_error_line(capsys)
+    host = copy_run(unfinished_run, tmp_path / "host")
+    assert train.main(tiny_args(root, host / "checkpoints" / "x")) == 2
+    assert f"is inside the run folder {host}" in one_error_line(capsys)
+    assert not (host / "checkpoints" / "x").exists()
 
 
 def test_after_a_nan_with_nothing_committed_the_advice_works_in_the_same_folder(tiny_cifar, tmp_path, capsys):
