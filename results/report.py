@@ -163,14 +163,15 @@ def headline(rows, link):
     for r in rows:
         if r["status"] == "finished":
             runs = f"{r['runs']} run{'s' * (r['runs'] > 1)}"
+            precision = "" if r["precision"] == "float32" else f", {r['precision']}"  # float32 unless said
             lines.append(f"| {_cell(table.label(r))} | {r['epochs']} | "
-                         f"{accuracy(r['test_accuracy_mean'], r['test_accuracy_std'])} ({runs}) | "
+                         f"{accuracy(r['test_accuracy_mean'], r['test_accuracy_std'])} ({runs}{_cell(precision)}) | "
                          f"{duration(r['wall_seconds_mean'])} | {_cell(r['machine'])} |")
         else:
             lines.append(f"| {r['model']} | {r['epochs']} | not yet run | CPU: {_cell(_estimate(r, 'cpu'))}; "
                          f"one GPU: {_cell(_estimate(r, 'gpu'))} | |")
     return (f"Test accuracy on CIFAR-10 of the epoch the validation split chose, mean ± std over runs, "
-            f"measured by this repository ([all columns, commands and logs]({link})):\n\n"
+            f"float32 unless said, measured by this repository ([all columns, commands and logs]({link})):\n\n"
             + _table(["model", "epochs", "test acc %", "wall time per run (estimated where not run)", "machine"],
                      lines))
 
