@@ -112,17 +112,10 @@ def load_member(run_dir, checkpoint="best"):
     if checkpoint not in CHECKPOINTS:
         raise EnsembleError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}; got {checkpoint!r}")
     path = Path(run_dir)
-    try:  # what inference refuses (missing, not a run, damaged, unfinished), refused here too
-        inference.read_finished_run(path)
+    try:  # what inference refuses (missing, not a run, damaged, unfinished, no preprocessing it knows)
+        config = inference.read_finished_run(path)
     except inference.InferenceError as e:
-        raise EnsembleError(str(e)) from None
-    config = _read_json(path / "config.json")
-    if not isinstance(config.get("settings"), dict):
-        raise EnsembleError(f"{path / 'config.json'} has no settings object; not a run folder written by train.py")
-    preprocess = config["settings"].get("preprocess")
-    if preprocess not in data.PREPROCESSING:
-        raise EnsembleError(f"{path / 'config.json'}: settings.preprocess must be one of "
-                            f"{', '.join(data.PREPROCESSING)}; got {preprocess!r}")
+        raise EnsembleError(str(e) if str(path) in str(e) else f"{path / 'config.json'}: {e}") from None
     model_file = path / f"{checkpoint}.keras"
     if not model_file.is_file():
         if checkpoint == "best":

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import data
+from results.runs import is_accuracy
 
 PAD = 4
 EVAL_BATCH = 1000
@@ -158,8 +159,7 @@ def _finished(run):
     if not (isinstance(metrics, dict) and isinstance(config, dict) and isinstance(config.get("settings"), dict)):
         raise SystemExit(f"error: {run} is not a finished run folder (its config.json or metrics.json is not an object)")
     precision = metrics.get("precision") or (metrics.get("execution") or {}).get("precision")
-    fraction = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1  # noqa: E731
-    bad = [k for k in SUMMARY_KEYS if not fraction(metrics.get(k))]
+    bad = [k for k in SUMMARY_KEYS if not is_accuracy(metrics.get(k))]
     bad += [k for k in ("best_epoch", "epochs_completed", "wall_seconds")
             if not isinstance(metrics.get(k), (int, float)) or isinstance(metrics.get(k), bool)]
     if bad or not isinstance(precision, str):

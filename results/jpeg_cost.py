@@ -31,6 +31,7 @@ import tensorflow as tf
 
 import data
 import inference
+import loop
 import series
 from errors import TrainError
 
@@ -87,18 +88,12 @@ def split_rows(run_dirs, full, quality=75):
     """For finished runs on the whole copy: each run's chosen model on its validation images, parted
     into those whose pixels are exact (the copy's first 4,000 training images) and the recompressed
     rest, and on the exact ones after a JPEG round trip too (the same images: a paired comparison)."""
-    import runfolder
-
-    fingerprint = runfolder.data_fingerprint(full)
     out = []
     for run_dir in map(Path, run_dirs):
-        config = inference.read_finished_run(run_dir)
-        s, recorded = config["settings"], config.get("data") or {}
-        if recorded.get("sha256") not in (None, fingerprint):
-            raise TrainError(f"{run_dir} was trained on other data than {full.source}")
+        s = inference.read_finished_run(run_dir)["settings"]
+        # the data and split it recorded, checked as a resume checks them
+        loop.check_folder(s["model"], run_dir, full, **{k: v for k, v in s.items() if k != "model"})
         _, val_idx = data.stratified_split(full.y_train, s["val_split"], s["split_seed"])
-        if recorded.get("val_indices_sha256") not in (None, runfolder.indices_fingerprint(val_idx)):
-            raise TrainError(f"{run_dir}: its validation split is not the one its settings give here")
         if not len(val_idx):
             raise TrainError(f"{run_dir} has no validation split")
         model = inference.inference_model(run_dir)

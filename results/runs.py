@@ -81,7 +81,8 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_fraction(value):
+def is_accuracy(value):
+    """A number from 0 to 1 (not a bool, not NaN): what an accuracy in metrics.json must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1  # NaN fails too
 
 
@@ -105,7 +106,7 @@ def load_run(path):
     if metrics is not None:
         if "test_accuracy" not in metrics:
             raise ResultsError(f"{path / 'metrics.json'} has no test_accuracy; not the metrics.json of a finished run")
-        bad = [k for k in ACCURACIES if k in metrics and metrics[k] is not None and not _is_fraction(metrics[k])]
+        bad = [k for k in ACCURACIES if k in metrics and metrics[k] is not None and not is_accuracy(metrics[k])]
         if bad or metrics["test_accuracy"] is None:
             k = (bad or ["test_accuracy"])[0]
             raise ResultsError(f"{path / 'metrics.json'}: {k} is {metrics[k]!r}, not an accuracy between 0 and 1")

@@ -199,7 +199,7 @@ def test_greedy_selection_on_the_runs_validation_split(tiny_cifar, tiny_runs, tm
     assert all(m["weight"] is None for m in unchosen)
 
 
-def _copy_run(run, dest, edit=None, remove=()):
+def _copy_run(run, dest, edit=None, remove=(), write=None):
     shutil.copytree(run, dest)
     if edit:
         config = read_json(dest / "config.json")
@@ -207,6 +207,8 @@ def _copy_run(run, dest, edit=None, remove=()):
         (dest / "config.json").write_text(json.dumps(config))
     for name in remove:
         (dest / name).unlink()
+    for name, text in (write or {}).items():
+        (dest / name).write_text(text)
     return dest
 
 
@@ -248,9 +250,9 @@ def test_errors_are_one_line_with_exit_2(case, message, tiny_cifar, tiny_runs, t
     argv = {
         "missing": lambda: [a, str(tmp_path / "nope")],
         "unfinished": lambda: [a, b_copy(edit=_unfinished)],
-        "garbled_config": lambda: [a, b_copy(), (tmp_path / "b" / "config.json").write_text("[]") and None][:2],
-        "nan_val": lambda: [a, b_copy(), (tmp_path / "b" / "metrics.json").write_text(
-            json.dumps({**read_json(tiny_runs[1] / "metrics.json"), "val_accuracy": float("nan")})) and None][:2],
+        "garbled_config": lambda: [a, b_copy(write={"config.json": "[]"})],
+        "nan_val": lambda: [a, b_copy(write={"metrics.json": json.dumps(
+            {**read_json(tiny_runs[1] / "metrics.json"), "val_accuracy": float("nan")})})],
         "out_folder": lambda: [a, "--out", str(tmp_path)],
         "out_in_run": lambda: [a, b_copy(), "--out", str(tmp_path / "b" / "metrics.json")],
         "same_outputs": lambda: [a, "--kaggle-test-dir", str(tmp_path), "--submission", str(tmp_path / "ens.json")],

@@ -271,6 +271,11 @@ def test_bad_input_is_refused_with_one_line(tiny_runs, tmp_path, capsys):
     assert "is a folder" in one_line_error(capsys, ["throughput", "--models", "lenet", "--out", str(tmp_path)])
 
 
+def files_of(folder):
+    """Every file below `folder` and its bytes: what a refused build must leave as it was."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def small_copy(source, dest):
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.keras", "checkpoints", "tensorboard"))
     return dest
@@ -300,7 +305,7 @@ def test_a_committed_copy_is_never_overwritten_or_deleted(built, tiny_runs, tmp_
     out, _ = built
     again = tmp_path / "results"
     shutil.copytree(out, again)
-    before = {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()}
+    before = files_of(again)
     stripped = small_copy(tiny_runs / "exp" / "lenet-seed0", tmp_path / "exp" / "lenet-seed0")
     (stripped / "history.csv").unlink()
     assert "has no history.csv than its copy" in one_line_error(capsys, ["build", str(stripped), "--out", str(again)])
@@ -309,20 +314,20 @@ def test_a_committed_copy_is_never_overwritten_or_deleted(built, tiny_runs, tmp_
     (tmp_path / "other" / "lenet-seed0" / "metrics.json").write_text(json.dumps({**metrics, "test_accuracy": 0.99}))
     err = one_line_error(capsys, ["build", str(tmp_path / "other"), "--out", str(again)])
     assert "has another metrics.json than its copy" in err and "the copy is kept" in err
-    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == before
+    assert files_of(again) == before
 
 
 def test_the_same_seed_twice_in_a_row_is_refused(built, tiny_runs, tmp_path, capsys):
     out, _ = built
     again = tmp_path / "results"
     shutil.copytree(out, again)
-    before = {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()}
+    before = files_of(again)
     twin = small_copy(tiny_runs / "exp" / "lenet-seed0", tmp_path / "rerun" / "lenet-seed0")
     config = json.loads((twin / "config.json").read_text())
     (twin / "config.json").write_text(json.dumps(config))  # other bytes, so another run id: seed 0 again
     err = one_line_error(capsys, ["build", str(twin), "--out", str(again)])
     assert "runs of the same model, recipe and seed 0" in err
-    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == before
+    assert files_of(again) == before
 
 
 def test_zoo_checks_its_out_before_training(tiny_cifar, tmp_path, capsys):

@@ -46,7 +46,7 @@ def test_a_changed_setting_is_refused_before_the_other_runs_train(tiny_cifar, tm
     data = ["--data-dir", str(tiny_cifar[0]), "--run-dir", str(out)]
     assert train.main([*TINY, *data, "--seeds", "1"]) == 0
     capsys.readouterr()
-    assert train.main([*TINY[:-6], "--epochs", "2", *TINY[-4:], *data, "--seeds", "0", "1"]) == 2
+    assert train.main([*TINY, "--epochs", "2", *data, "--seeds", "0", "1"]) == 2  # the last --epochs counts
     assert "seed1 holds a run with other settings (epochs: 1 there, 2 now;" in one_line_error(capsys)
     assert trained(out) == ["lenet-seed1"]
 
@@ -64,8 +64,7 @@ def test_a_finished_run_without_its_history_is_refused_before_training(tiny_cifa
 
 def test_without_a_validation_split_the_summary_says_so(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "series"
-    argv = [*TINY[:-4], "--val-split", "0", "--batch-size", "50", "--data-dir", str(tiny_cifar[0]),
-            "--seeds", "0", "1", "--run-dir", str(out)]
+    argv = [*TINY, "--val-split", "0", "--data-dir", str(tiny_cifar[0]), "--seeds", "0", "1", "--run-dir", str(out)]
     assert train.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())  # strict JSON: no NaN in it
     assert summary["val_mean"] is None and summary["runs"] == 2
