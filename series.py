@@ -84,9 +84,12 @@ def summary_rows(results):
     return rows
 
 
-def stat_text(mean, std):
-    """"mean ± std" of a summary row's figures, "n/a" where there are none (no validation split)."""
-    return "n/a" if mean is None else f"{mean:.2f} ± {std:.2f}"
+def stat_text(mean, std, runs=None):
+    """"mean ± std" of a summary row's figures; the mean alone for a single run (whose std is
+    undefined, not 0); "n/a" where there are none (no validation split)."""
+    if mean is None:
+        return "n/a"
+    return f"{mean:.2f}" if runs == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
 def history(run_dir):

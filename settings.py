@@ -32,6 +32,7 @@ class Setting:
     argparse: dict = field(default_factory=dict)
     group: str = "training"
     schedule_arg: str = None
+    schedules: tuple = None
 
     @property
     def flag(self):
@@ -49,16 +50,16 @@ SCHEMA = (
     Setting("schedule", "step", "learning-rate schedule", dict(choices=schedules.SCHEDULES), "schedule"),
     Setting("lr_milestones", None, "step: epochs at which the lr is multiplied by --lr-factor "
             "(default: 50%% and 75%% of the epochs after warm-up)", dict(type=int, nargs="+", metavar="EPOCH"),
-            "schedule", "milestones"),
+            "schedule", "milestones", ("step",)),
     Setting("lr_factor", [0.1], "step: one multiplier for every milestone, or one per milestone (default 0.1)",
-            dict(type=float, nargs="+", metavar="F"), "schedule", "factor"),
+            dict(type=float, nargs="+", metavar="F"), "schedule", "factor", ("step",)),
     Setting("htd_bounds", [-6.0, 3.0], "htd: tanh bounds L < U (default -6 3)",
-            dict(type=float, nargs=2, metavar=("L", "U")), "schedule", "bounds"),
+            dict(type=float, nargs=2, metavar=("L", "U")), "schedule", "bounds", ("htd",)),
     Setting("warmup_epochs", 0, "linear warm-up over the first N epochs (default 0)",
             dict(type=float, metavar="N"), "schedule", "warmup_epochs"),
-    Setting("min_lr", 0.0, "cosine: final lr (default 0)", dict(type=float), "schedule", "min_lr"),
+    Setting("min_lr", 0.0, "cosine: final lr (default 0)", dict(type=float), "schedule", "min_lr", ("cosine",)),
     Setting("lr_gamma", None, "exponential: lr factor per epoch (default 0.95)", dict(type=float), "schedule",
-            "gamma"),
+            "gamma", ("exponential",)),
     Setting("schedule_per", "step", "change the lr every step (default) or once per epoch",
             dict(choices=schedules.PER), "schedule", "per"),
     Setting("lr_scaling", "linear", "linear (default): a recipe's lr scales with --batch-size / the recipe's batch; "
@@ -123,6 +124,20 @@ def schedule_kwargs(values):
             value = int(value)
         kwargs[BY_NAME[name].schedule_arg] = value
     return kwargs
+
+
+def check_schedule_flags(given, schedule_names):
+    """TrainError for a setting in `given` (names of settings given as flags) that none of the
+    schedules `schedule_names` reads: it would be recorded in config.json and silently unused.
+    Command lines call it; resolve_settings does not, as a run's recorded settings hold every
+    schedule's values."""
+    names = list(dict.fromkeys(schedule_names))
+    for name in given:
+        readers = BY_NAME[name].schedules if name in BY_NAME else None
+        if readers and not set(readers) & set(names):
+            which = "schedules " + ", ".join(names) if len(names) > 1 else "schedule " + names[0]
+            raise TrainError(f"{BY_NAME[name].flag} is read by the {' / '.join(readers)} schedule only, "
+                             f"not by the {which}; leave it out or give --schedule {readers[0]}")
 
 
 def make_schedule(s, steps_per_epoch):

@@ -19,7 +19,7 @@ import series
 from errors import TrainError
 from loop import train
 from runfolder import default_run_dir, write_atomic, write_json
-from settings import SETTINGS, add_arguments, check_seeds, given, resolve_settings
+from settings import SETTINGS, add_arguments, check_schedule_flags, check_seeds, given, resolve_settings
 
 
 def _train_seeds(model, seeds, out, options, overrides):
@@ -34,8 +34,8 @@ def _train_seeds(model, seeds, out, options, overrides):
     write_json(out / "summary.json", {"model": model, "seeds": seeds, **row, "runs_detail": runs})
     chosen = "the model its validation split chose" if row["val_mean"] is not None else "the last epoch's model"
     text = (f"{model}, {row['runs']} runs (seeds {', '.join(map(str, seeds))}), {row['epochs']} epochs: "
-            f"validation accuracy {series.stat_text(row['val_mean'], row['val_std'])} %, test accuracy "
-            f"{row['test_mean']:.2f} ± {row['test_std']:.2f} % (mean ± sample std; test measured once per run "
+            f"validation accuracy {series.stat_text(row['val_mean'], row['val_std'], row['runs'])} %, test accuracy "
+            f"{series.stat_text(row['test_mean'], row['test_std'], row['runs'])} % (mean ± sample std; test measured once per run "
             f"on {chosen})\n")
     write_atomic(out / "summary.md", text)
     print(text, end="")
@@ -85,8 +85,9 @@ def main(argv=None, **hooks):
         return 0
     overrides = given(args)
     try:
+        settings, sources = resolve_settings(args.model, **overrides)
+        check_schedule_flags(overrides, [settings["schedule"]])
         if args.describe_recipe:
-            settings, sources = resolve_settings(args.model, **overrides)
             print(json.dumps({"settings": settings, "sources": sources}, indent=2))
             return 0
         options = dict(data_dir=args.data_dir, command=["train.py", *(sys.argv[1:] if argv is None else argv)],
@@ -97,7 +98,7 @@ def main(argv=None, **hooks):
             # distribute.place sets up the devices); whether it fits the model, once the model is built. A resumed run reads its own
             # checkpoint instead, so the file may be gone by then.
             runs = ([series.run_dir(series_out, args.model, seed) for seed in args.seeds] if args.seeds else
-                    [Path(args.run_dir or default_run_dir(resolve_settings(args.model, **overrides)[0]))])
+                    [Path(args.run_dir or default_run_dir(settings))])
             if not all((run / "state.json").exists() for run in runs):
                 try:
                     models.weights_layout(models.weights_file(args.init_from))

@@ -25,7 +25,7 @@ import numpy as np
 import data
 import series
 import settings
-from errors import TrainError
+from errors import SERIES_INTERRUPTED, TrainError
 from htd.schedules import SCHEDULES, evaluate, lr_per_epoch, make_schedule
 
 PROG = "python -m htd"
@@ -84,6 +84,15 @@ def build_parser():
     return parser
 
 
+def _check_flags(args, names):
+    """ValueError for a schedule flag that none of `names` reads (it would change nothing)."""
+    try:
+        settings.check_schedule_flags([k for k in settings.SCHEDULE_SETTINGS if getattr(args, k) is not None],
+                                      [ALIASES.get(n, n) for n in names])
+    except TrainError as e:
+        raise ValueError(str(e)) from None
+
+
 def _schedule(name, args):
     return make_schedule(name, base_lr=args.lr, epochs=args.epochs,
                          steps_per_epoch=args.steps_per_epoch, **settings.schedule_kwargs(vars(args)))
@@ -92,6 +101,7 @@ def _schedule(name, args):
 def _show(args, out):
     if args.schedule is None:
         raise ValueError("the following arguments are required: --schedule")
+    _check_flags(args, [args.schedule])
     schedule = _schedule(args.schedule, args)
     out.write("epoch,lr\n")
     for epoch, lr in enumerate(lr_per_epoch(schedule, args.epochs, args.steps_per_epoch)):
@@ -99,6 +109,7 @@ def _show(args, out):
 
 
 def _plot(args, out):
+    _check_flags(args, args.schedules)
     schedules = {name: _schedule(name, args) for name in dict.fromkeys(args.schedules)}
     path = Path(args.out)
     if path.is_dir():
@@ -137,19 +148,23 @@ def _plot(args, out):
 
 def _compare(args, out):
     names = list(dict.fromkeys(ALIASES.get(n, n) for n in args.schedules))
+    _check_flags(args, names)
     common = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "val_split", *settings.SCHEDULE_SETTINGS)}
     common = {k: v for k, v in common.items() if v is not None}
+    # A flag read by some of the schedules only (--lr-milestones: step) is given to those alone.
+    only = {k: common.pop(k) for k in list(common) if k in settings.BY_NAME and settings.BY_NAME[k].schedules}
+    variants = {n: {"schedule": n, **{k: v for k, v in only.items() if n in settings.BY_NAME[k].schedules}}
+                for n in names}
     try:  # run_grid makes OUT once every setting has been checked
-        results = series.run_grid(args.model, {n: {"schedule": n} for n in names}, args.seeds, args.out,
-                                  data_dir=args.data_dir, **common)
+        results = series.run_grid(args.model, variants, args.seeds, args.out, data_dir=args.data_dir, **common)
     except (TrainError, data.DataError) as e:
         raise ValueError(str(e)) from None
     rows = series.summary_rows(results)
     series.write_csv(Path(args.out) / "results.csv", rows)
     lines = ["| schedule | test acc % median | test acc % mean ± std | val acc % mean ± std | runs | epochs | wall min, all runs |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['test_median']:.2f} | {r['test_mean']:.2f} ± {r['test_std']:.2f} | "
-              f"{series.stat_text(r['val_mean'], r['val_std'])} | {r['runs']} | {r['epochs']} | {r['wall_minutes']} |"
+    lines += [f"| {r['variant']} | {r['test_median']:.2f} | {series.stat_text(r['test_mean'], r['test_std'], r['runs'])} | "
+              f"{series.stat_text(r['val_mean'], r['val_std'], r['runs'])} | {r['runs']} | {r['epochs']} | {r['wall_minutes']} |"
               for r in rows]
     (Path(args.out) / "results.md").write_text("\n".join(lines) + "\n")
     _plot_comparison(results, args.model, Path(args.out) / "curves.png")
@@ -193,6 +208,9 @@ def main(argv=None):
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
+    except KeyboardInterrupt:  # only compare trains; a run resumes from its folder
+        print(f"\n{SERIES_INTERRUPTED}", file=sys.stderr)
+        return 130
     return 0
 
 

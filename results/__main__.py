@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import runlock
+from errors import SERIES_INTERRUPTED
 from results import runs, throughput
 from results.runs import ResultsError
 
@@ -157,6 +158,9 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
     except OSError as e:
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+    except KeyboardInterrupt:  # zoo trains; each run resumes from its folder
+        print(f"\n{SERIES_INTERRUPTED}", file=sys.stderr)
+        return 130
     return 2
 
 

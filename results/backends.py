@@ -61,8 +61,8 @@ def _count(value):
 def table(rows, model):
     lines = [f"| backend ({model}) | precision | val acc % | test acc % | runs | epochs | training images/s "
              "| wall minutes, all runs |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['precision']} | {series.stat_text(r['val_mean'], r['val_std'])} "
-              f"| {r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['runs']} | {r['epochs']} "
+    lines += [f"| {r['backend']} | {r['precision']} | {series.stat_text(r['val_mean'], r['val_std'], r['runs'])} "
+              f"| {series.stat_text(r['test_mean'], r['test_std'], r['runs'])} | {r['runs']} | {r['epochs']} "
               f"| {_count(r['train_images_per_second'])} | {r['wall_minutes']} |" for r in rows]
     return "\n".join(lines) + "\n"
 

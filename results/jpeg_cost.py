@@ -78,9 +78,8 @@ def rows(results, x_val, y_val):
 def table(rows):
     lines = ["| trained on | val acc %, exact images | the same, re-evaluated | the same images through JPEG q75 "
              "| test acc % (the copy's) | runs | epochs |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {series.stat_text(r['val_mean'], r['val_std'])} | {r['val_exact_mean']:.2f} ± "
-              f"{r['val_exact_std']:.2f} | {r['val_jpeg_mean']:.2f} ± {r['val_jpeg_std']:.2f} | {r['test_mean']:.2f} ± "
-              f"{r['test_std']:.2f} | {r['runs']} | {r['epochs']} |" for r in rows]
+    lines += [f"| {r['variant']} | " + " | ".join(series.stat_text(r[f"{k}_mean"], r[f"{k}_std"], r["runs"]) for k in (
+        "val", "val_exact", "val_jpeg", "test")) + f" | {r['runs']} | {r['epochs']} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

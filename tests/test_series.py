@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+import errors
 import train
 from cifar_files import write_cifar_folder
 from htd.__main__ import main as htd_main
@@ -82,3 +83,42 @@ def test_htd_plot_writes_the_file_it_names(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
     assert htd_main(["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1", "--out", str(tmp_path / "lr")]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'lr.png'}\n" and (tmp_path / "lr.png").is_file()
+
+
+def _ablation(root, out):
+    from tricks.lenet_ablation import main
+    return main(["--data-dir", str(root), "--out", str(out), "--epochs", "1", "--variants", "base", "dp",
+                 "--val-split", "40", "--batch-size", "50"])
+
+
+def _compare(root, out):
+    return htd_main(["compare", *TINY, "--schedules", "step", "htd", "--data-dir", str(root), "--out", str(out)])
+
+
+def _zoo(root, out):
+    from results.__main__ import main
+    return main(["zoo", "--models", "lenet", "--seeds", "0", "1", "--epochs", "1", "--val-split", "40",
+                 "--batch-size", "50", "--data-dir", str(root), "--runs-dir", str(out / "runs"),
+                 "--out", str(out / "table")])
+
+
+@pytest.mark.parametrize("command", [_ablation, _compare, _zoo], ids=["ablation", "htd-compare", "zoo"])
+def test_ctrl_c_in_a_series_says_how_to_resume_and_the_rerun_keeps_the_finished_run(command, tiny_cifar, tmp_path,
+                                                                                     monkeypatch, capsys):
+    import loop
+    real_train, calls = loop.train, []
+
+    def interrupted_on_the_second_run(*args, **kwargs):
+        calls.append(kwargs["run_dir"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train", interrupted_on_the_second_run)
+    out = tmp_path / "series"
+    assert command(tiny_cifar[0], out) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == [errors.SERIES_INTERRUPTED]
+    monkeypatch.setattr(loop, "train", real_train)
+    assert command(tiny_cifar[0], out) == 0
+    assert capsys.readouterr().out.count("already finished") == 1  # the first run, read back

@@ -1,6 +1,7 @@
 """settings.py: the schema that the command lines, recipes, config.json and the schedule helpers read."""
 
 import argparse
+import json
 
 import pytest
 
@@ -76,3 +77,54 @@ def test_schedule_arguments():
                          **kwargs).milestones == [100, 150]
 
 
+
+
+def test_a_schedule_flag_that_the_schedule_does_not_read_is_refused():
+    """--lr-milestones with --schedule cosine would be recorded in config.json and change nothing."""
+    for schedule, flag, value in [("cosine", "lr_milestones", [5]), ("htd", "lr_factor", [0.5]),
+                                  ("step", "htd_bounds", [-4.0, 4.0]), ("htd", "min_lr", 0.001),
+                                  ("cosine", "lr_gamma", 0.9)]:
+        with pytest.raises(TrainError, match=f"--{flag.replace('_', '-')} is read by the .* schedule only, "
+                                             f"not by the schedule {schedule}; leave it out"):
+            settings.check_schedule_flags(["schedule", flag], [schedule])
+    # the flags every schedule reads, and those the schedule reads, stay accepted
+    settings.check_schedule_flags(["schedule", "min_lr", "warmup_epochs", "schedule_per"], ["cosine"])
+    settings.check_schedule_flags(["lr_milestones", "lr_factor"], ["step"])
+    # a run's recorded settings hold every schedule's values; resolving them back is no command line
+    recorded, _ = settings.resolve_settings("resnet20", schedule="cosine")
+    s, _ = settings.resolve_settings("resnet20", **{k: v for k, v in recorded.items() if k != "model"})
+    assert s == recorded
+
+
+def test_train_py_and_htd_refuse_an_unread_schedule_flag_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(["--model", "lenet", "--schedule", "cosine", "--lr-milestones", "5", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --lr-milestones is read by the step schedule only") and err.count("\n") == 1
+    assert not run.exists()
+    assert htd_cli.main(["show", "--schedule", "step", "--epochs", "10", "--lr", "0.1", "--min-lr", "0.01"]) == 2
+    assert htd_cli.main(["plot", "--schedules", "cosine", "step", "--epochs", "10", "--lr", "0.1",
+                         "--htd-bounds", "-4", "4", "--out", str(tmp_path / "lr.png")]) == 2
+    assert htd_cli.main(["compare", "--model", "lenet", "--schedules", "cosine", "htd", "--lr-milestones", "5",
+                         "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": error: ")[1].split(" is read")[0] for line in err] == ["--min-lr", "--htd-bounds",
+                                                                                "--lr-milestones"]
+    assert "not by the schedules cosine, step" in err[1] and "not by the schedules cosine, htd" in err[2]
+    assert not (tmp_path / "lr.png").exists() and not (tmp_path / "cmp").exists()
+
+
+def test_htd_compare_gives_a_schedule_flag_to_the_schedules_that_read_it(tiny_cifar, tmp_path):
+    out = tmp_path / "cmp"
+    assert htd_cli.main(["compare", "--model", "lenet", "--schedules", "step", "cosine", "--epochs", "1",
+                         "--val-split", "40", "--batch-size", "50", "--lr-factor", "0.3", "--min-lr", "0.001",
+                         "--data-dir", str(tiny_cifar[0]), "--out", str(out)]) == 0
+    step = json.loads((out / "runs" / "step-seed0" / "config.json").read_text())["settings"]
+    cosine = json.loads((out / "runs" / "cosine-seed0" / "config.json").read_text())["settings"]
+    recipe, _ = settings.resolve_settings("lenet", epochs=1)
+    assert step["lr_factor"] == [0.3] and step["min_lr"] == recipe["min_lr"]
+    assert cosine["min_lr"] == 0.001 and cosine["lr_factor"] == recipe["lr_factor"] != [0.3]
+    # one run per schedule: its accuracy alone, no "± 0.00" (a single run's spread is unknown, not 0)
+    metrics = json.loads((out / "runs" / "step-seed0" / "metrics.json").read_text())
+    (step_row,) = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| step |")]
+    assert step_row.split(" | ")[2:4] == [f"{metrics['test_accuracy'] * 100:.2f}", f"{metrics['val_accuracy'] * 100:.2f}"]

@@ -17,7 +17,7 @@ import numpy as np
 
 import data
 import series
-from errors import TrainError
+from errors import SERIES_INTERRUPTED, TrainError
 
 MODEL = "lenet"
 
@@ -61,8 +61,8 @@ def write_reports(rows, results, out):
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = "" if r["reference_test"] is None else f"{r['reference_test']:.2f}"
-        lines.append(f"| {r['variant']} | {r['adds']} | {series.stat_text(r['val_mean'], r['val_std'])} | "
-                     f"{r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['runs']} | {r['epochs']} | "
+        lines.append(f"| {r['variant']} | {r['adds']} | {series.stat_text(r['val_mean'], r['val_std'], r['runs'])} | "
+                     f"{series.stat_text(r['test_mean'], r['test_std'], r['runs'])} | {r['runs']} | {r['epochs']} | "
                      f"{r['wall_minutes']} | {ref} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
@@ -116,6 +116,9 @@ def main(argv=None):
     except (TrainError, data.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\n{SERIES_INTERRUPTED}", file=sys.stderr)
+        return 130
     rows = summarise(results)
     write_reports(rows, results, a.out)
     print((Path(a.out) / "results.md").read_text())
