@@ -77,8 +77,6 @@ def test_schedule_arguments():
                          **kwargs).milestones == [100, 150]
 
 
-
-
 def test_a_schedule_flag_that_the_schedule_does_not_read_is_refused():
     """--lr-milestones with --schedule cosine would be recorded in config.json and change nothing."""
     for schedule, flag, value in [("cosine", "lr_milestones", [5]), ("htd", "lr_factor", [0.5]),
