@@ -299,7 +299,11 @@ def validation_split(members, dataset):
         if not s.get("val_split"):
             raise EnsembleError(f"{m.name} was trained without a validation split (val_split "
                                 f"{s.get('val_split')!r}); greedy selection needs one")
-        described.append((s["val_split"], s.get("split_seed"), m.config.get("data", {}).get("val_indices_sha256")))
+        recorded = m.config.get("data", {})
+        if not isinstance(recorded, dict):
+            raise EnsembleError(f"{m.name}/config.json is damaged (its data entry holds {type(recorded).__name__}, "
+                                "not an object)")
+        described.append((s["val_split"], s.get("split_seed"), recorded.get("val_indices_sha256")))
     if len(set(described)) > 1:
         listing = "; ".join(f"{m.name}: val_split {v}, split_seed {seed}, indices sha256 {str(sha)[:12]}"
                             for m, (v, seed, sha) in zip(members, described))
@@ -668,10 +672,7 @@ def run(args):
             raise EnsembleError(f"cannot write {path}: folder {path.parent} does not exist")
         if path.is_dir():
             raise EnsembleError(f"cannot write {path}: it is a folder; give a file name")
-        inside = next((r for r in runs if r in path.resolve().parents), None)
-        if inside is not None:
-            raise EnsembleError(f"cannot write {path}: it is inside the run folder {inside}, whose files it could "
-                                "replace; write it elsewhere")
+        _refuse_writing_an_input(path, runs, args)
     if len(targets) == 2 and targets[0].resolve() == targets[1].resolve():
         raise EnsembleError(f"--out and --submission are the same file ({out}); give two names")
     with contextlib.ExitStack() as owned:  # one process at a time writes each output
@@ -683,6 +684,20 @@ def run(args):
             except OSError as e:
                 raise EnsembleError(f"cannot write {path}: {e.strerror or e}") from None
         return _run_owned(args, spec, out, submission)
+
+
+def _refuse_writing_an_input(path, runs, args):
+    """EnsembleError where the output `path` is one of the command's inputs or lies inside one."""
+    inputs = [(r, "the run folder") for r in runs]
+    inputs += [(Path(v).resolve(), f"the {flag} input") for flag, v in (
+        ("--predict", args.predict), ("--kaggle-test-dir", args.kaggle_test_dir), ("--data-dir", args.data_dir)) if v]
+    target = path.resolve()
+    for source, what in inputs:
+        if target == source:
+            raise EnsembleError(f"cannot write {path}: it is {what} itself; write it elsewhere")
+        if source in target.parents:
+            raise EnsembleError(f"cannot write {path}: it is inside {what} {source}, whose files it could "
+                                "replace; write it elsewhere")
 
 
 def _run_owned(args, spec, out, submission):
@@ -706,14 +721,13 @@ def _run_owned(args, spec, out, submission):
                       batch_size=args.batch_size, weights_mode=weights_mode)
     report["command"] = ["ensemble.py", *args.argv]
     print_table(report)
-    _write_json(out, report)
-    print(f"Wrote {out}")
-    if args.kaggle_test_dir:
+    if args.kaggle_test_dir:  # the report is written once the submission is: a failed one leaves both as they were
         chosen = [members[[m.name for m in members].index(n)] for n in report["ensemble"]["members"]]
         report["submission"] = write_submission(
             chosen, report["ensemble"]["weights"], args.kaggle_test_dir, submission,
             batch_size=args.batch_size, tta=args.tta, skip_bad=args.skip_bad, files=kaggle_files)
-        _write_json(out, report)
+    _write_json(out, report)
+    print(f"Wrote {out}")
     return 0
 
 

@@ -1,10 +1,12 @@
 """Using a trained model: uint8 images in, class probabilities out, the run's preprocessing inside.
 
-    python -m inference RUN_DIR [--checkpoint best|last]     # writes RUN_DIR/inference.keras
-    python -m inference RUN_DIR --export savedmodel|tflite|onnx --out PATH
+    python -m inference RUN_DIR                              # (re)writes RUN_DIR/inference.keras
+    python -m inference RUN_DIR --export savedmodel|tflite|onnx --out PATH [--checkpoint best|last]
 
-`inference_model(run_dir)` puts a finished run's model (best.keras, or last.keras) between the
-preprocessing its config.json names and a softmax, all stock Keras layers:
+`inference_model(run_dir)` puts a finished run's model between the preprocessing its config.json
+names and a softmax, all stock Keras layers. The model is the one its metrics.json reports
+(best.keras, or last.keras for a run without a validation split), or the other checkpoint where
+asked for; RUN_DIR/inference.keras is always the reported one, so another checkpoint is exported:
 
     uint8 images (N, 32, 32, 3) -> Rescaling(1/255) -> [standardize: Rescaling(1/std, -mean/std)]
         -> the trained model (logits) -> softmax in float32 -> probabilities (N, classes)
@@ -132,30 +134,52 @@ def read_finished_run(run_dir):
     return config
 
 
-def inference_model(run_dir, checkpoint="best"):
+def reported_checkpoint(config):
+    """The checkpoint whose test accuracy a finished run's metrics.json reports: best.keras, the epoch its
+    validation split chose, or last.keras for a run trained without one (--val-split 0)."""
+    return "best" if config["settings"].get("val_split") else "last"
+
+
+def inference_model(run_dir, checkpoint=None):
     """The keras.Model from uint8 images (N, 32, 32, 3) to float32 class probabilities of a finished
-    run: its preprocessing, its `checkpoint` model (best.keras or last.keras), a softmax."""
-    if checkpoint not in CHECKPOINTS:
+    run: its preprocessing, its `checkpoint` model (best.keras or last.keras; by default the one its
+    metrics.json reports, see reported_checkpoint), a softmax."""
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
         raise InferenceError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}; got {checkpoint!r}")
     config = read_finished_run(run_dir)
+    checkpoint = checkpoint or reported_checkpoint(config)
     path = Path(run_dir) / f"{checkpoint}.keras"
     if not path.is_file():
         hint = (" (a run trained with --val-split 0 keeps only last.keras: use --checkpoint last)"
-                if checkpoint == "best" else "")
+                if checkpoint == "best" and reported_checkpoint(config) == "last" else
+                ", which train.py keeps in such a finished run: the folder is damaged")
         raise InferenceError(f"{Path(run_dir)} has no {path.name}{hint}")
     try:
         # compile=False: last.keras holds an optimizer whose schedule classes live in htd/.
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # a damaged or foreign file fails in many ways; all mean "cannot use it"
         raise InferenceError(f"cannot load {path}: damaged or not a Keras model file ({_one_line(e)})") from None
-    shapes = (tuple(model.input_shape), tuple(model.output_shape))
-    if shapes[0] != (None, *data.IMAGE_SHAPE) or len(shapes[1]) != 2:
-        raise InferenceError(f"{path}: expected a model from (None, 32, 32, 3) images to (None, classes) logits; "
-                             f"got {shapes[0]} -> {shapes[1]}")
+    settings = config["settings"]
+    try:
+        classes = data.get_spec(settings.get("dataset", "cifar10")).num_classes(settings.get("labels", "fine"))
+    except data.DataError as e:
+        raise InferenceError(f"{Path(run_dir) / 'config.json'}: {e}") from None
+    shapes = (_shape(model.input_shape), _shape(model.output_shape))
+    if shapes != ((None, *data.IMAGE_SHAPE), (None, classes)):
+        raise InferenceError(f"{path}: expected a model from (None, 32, 32, 3) images to (None, {classes}) logits "
+                             f"(config.json: {settings.get('dataset', 'cifar10')}); got {shapes[0]} -> {shapes[1]}")
     return build_inference_model(model, config)
 
 
-def save_inference_model(run_dir, checkpoint="best"):
+def _shape(shape):
+    """A model's input or output shape as a tuple; that of its one tensor where it is a list of one (best.keras's
+    outputs=[logits]); None where it is several."""
+    if isinstance(shape, list):
+        return tuple(shape[0]) if len(shape) == 1 else None
+    return tuple(shape)
+
+
+def save_inference_model(run_dir, checkpoint=None):
     """Writes RUN_DIR/inference.keras (see inference_model) atomically; returns its path.
 
     Takes no lock: train.py calls it while it holds the run folder's; the command line takes it."""
@@ -244,8 +268,9 @@ def build_parser():
                 description="Write RUN_DIR/inference.keras (uint8 images -> class probabilities, the run's "
                             "preprocessing inside), or export that model for other runtimes.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder written by train.py")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
-                   help="best.keras (default; the model the validation split chose) or last.keras")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS,
+                   help="the model to export: best.keras (the epoch the validation split chose) or last.keras; "
+                        "default: the one the run's metrics.json reports (inference.keras is always that one)")
     p.add_argument("--export", choices=FORMATS, metavar="FORMAT",
                    help="; ".join(f"{k}: for {v[1]}" for k, v in FORMATS.items()) + " (needs --out)")
     p.add_argument("--out", metavar="PATH", help="the export's path: a folder for savedmodel, a file for tflite and onnx; "
@@ -258,13 +283,17 @@ def run(args):
     if args.export is None:
         if args.out:
             raise InferenceError("--out needs --export FORMAT (inference.keras is always written into RUN_DIR)")
-        read_finished_run(run_dir)  # before the lock, which needs the folder
+        reported = reported_checkpoint(read_finished_run(run_dir))  # before the lock, which needs the folder
+        if args.checkpoint not in (None, reported):
+            raise InferenceError(f"{run_dir / FILE_NAME} is the model of {reported}.keras, whose test accuracy the "
+                                 f"run's metrics.json reports; export {args.checkpoint}.keras instead "
+                                 f"(--checkpoint {args.checkpoint} --export FORMAT --out PATH)")
         try:
             with runlock.hold(run_dir, "run folder"):
                 path = save_inference_model(run_dir, args.checkpoint)
         except runlock.Busy as e:
             raise InferenceError(str(e)) from None
-        print(f"Wrote {path}: {args.checkpoint}.keras between its preprocessing and a softmax; "
+        print(f"Wrote {path}: {reported}.keras between its preprocessing and a softmax; "
               "load it with keras.saving.load_model and give it uint8 images (N, 32, 32, 3)")
         return 0
     if not args.out:
@@ -276,7 +305,8 @@ def run(args):
             out = export(model, args.export, args.out)
     except runlock.Busy as e:
         raise InferenceError(str(e)) from None
-    print(f"Wrote {out}: {args.export} of {run_dir / (args.checkpoint + '.keras')} with its preprocessing, "
+    checkpoint = args.checkpoint or reported_checkpoint(read_finished_run(run_dir))
+    print(f"Wrote {out}: {args.export} of {run_dir / (checkpoint + '.keras')} with its preprocessing, "
           f"for {FORMATS[args.export][1]}; input uint8 (N, 32, 32, 3), output float32 probabilities")
     return 0
 

@@ -2,13 +2,14 @@
 
 Builds the model and its step with execution.py's `plan` and `build_model`, the functions the
 training loop calls (its recipe, with --batch on top), feeds it the training batches of `data.py`
-(gather, pad-4 crop + flip, normalise) over random uint8 CIFAR-shaped images, computed where the
-execution says (--batches: before the steps on the CPU alone, beside them elsewhere), and times
-the steps after a warm-up with a per-batch callback, as ../shared/bench/torch_reference.py times
-its own. Prints one JSON line.
+(gather, pad-4 crop + flip, normalise) over random uint8 CIFAR-shaped images, or with --data-dir
+over the first training images of the real set in their order, computed where the execution
+says (--batches: before the steps on the CPU alone, beside them elsewhere), and times the steps
+after a warm-up with a per-batch callback, as ../shared/bench/torch_reference.py times its own. Prints one JSON line.
 
     python -m bench.train_speed --model resnet20 --batch 128 --steps 100 [--devices 2] [--jit]
         [--mixed-precision] [--keras-batch-norm] [--steps-per-execution N] [--channel-padding off]
+        [--data-dir ../shared/data]
 
 The execution flags mean what they mean for train.py (execution.py). The clock ticks once per
 call into TensorFlow, so --warmup and --steps are rounded up to whole calls.
@@ -43,10 +44,28 @@ class StepClock(keras.callbacks.Callback):
         self.ticks = []
 
 
-def prepare(model_name, batch, steps, warmup, seed=0, mixed_precision=False, **options):
+def images_and_labels(n, seed, data_dir=None):
+    """n uint8 training images with their labels, and what they are: random, or the real set's first n.
+
+    The real set's training images are taken in their order, from the first again where n exceeds them.
+    """
+    if data_dir is None:
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        return images, rng.integers(0, 10, n).astype(np.uint8), "random uint8"
+    try:
+        d = data.load_cifar10(data_dir, allow_download=False, verbose=False)
+    except data.DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    rows = np.arange(n) % len(d.x_train)
+    return d.x_train[rows], d.y_train[rows], f"the first {min(n, len(d.x_train))} training images of {d.source}"
+
+
+def prepare(model_name, batch, steps, warmup, seed=0, mixed_precision=False, data_dir=None, **options):
     """The model as the training loop builds it, a pipeline of warmup + steps batches, and the setup as a dict.
 
-    `options` are execution.plan's; --warmup and --steps are rounded up to whole executions.
+    `options` are execution.plan's; --warmup and --steps are rounded up to whole executions. The
+    batches are cut from random images, or from the real set's training images at `data_dir`.
     """
     try:
         s, sources = settings.resolve_settings(model_name, batch_size=batch, epochs=1, mixed_precision=mixed_precision)
@@ -55,12 +74,9 @@ def prepare(model_name, batch, steps, warmup, seed=0, mixed_precision=False, **o
         raise SystemExit(f"error: {e}") from None
     k = plan.steps_per_execution
     warmup, steps = -(-warmup // k) * k, -(-steps // k) * k
+    images, labels, what = images_and_labels((warmup + steps) * batch, seed, data_dir)
     with execution.scope(plan):
         model = execution.build_model(s, plan, steps_per_epoch=warmup + steps)
-    rng = np.random.default_rng(seed)
-    n = (warmup + steps) * batch
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
     if plan.batches == "numpy":
         dataset = numpy_pipeline.Images(images, labels, preprocess_mode=s["preprocess"],
                                         augment="standard").epoch(batch, shuffle=True, seed=seed)
@@ -80,7 +96,7 @@ def prepare(model_name, batch, steps, warmup, seed=0, mixed_precision=False, **o
         "batch_norm": record["batch_norm"], "steps_per_execution": k, "batches": record["batches"],
         "channel_padding": record["channel_padding"], "channel_multiple": record["channel_multiple"],
         "onednn": record["onednn"],
-        "steps_timed": steps, "warmup_steps": warmup,
+        "steps_timed": steps, "warmup_steps": warmup, "images": what,
     }
     return model, dataset, setup
 
@@ -109,6 +125,7 @@ def parser(description, steps, what="timed"):
     p.add_argument("--warmup", type=int, default=5,
                    help="steps before those, the first of which traces the step (rounded up likewise)")
     p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--data-dir", help="train on the real set's first training images (default: random images)")
     execution.add_arguments(p)
     return p
 
@@ -118,7 +135,8 @@ def parse(p, argv, min_steps):
     a = p.parse_args(argv)
     if a.steps < min_steps or a.warmup < 1 or a.batch < 1 or (a.steps_per_execution or 1) < 1:
         p.error(f"--steps must be >= {min_steps}, and --warmup, --batch and --steps-per-execution >= 1")
-    options = {"mixed_precision": a.mixed_precision, **{k: getattr(a, k) for k in execution.OPTIONS}}
+    options = {"mixed_precision": a.mixed_precision, "data_dir": a.data_dir,
+               **{k: getattr(a, k) for k in execution.OPTIONS}}
     return a, options
 
 

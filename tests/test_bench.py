@@ -95,6 +95,21 @@ def test_train_speed_measures_train_py_step_and_names_the_backend():
     assert streamed["batches"] == "streamed" and streamed["img_per_s"] > 0
 
 
+def test_train_speed_trains_on_the_real_sets_first_images_in_order(tiny_cifar, tmp_path, capsys):
+    root, (x_train, y_train, _, _) = tiny_cifar
+    images, labels, what = train_speed.images_and_labels(250, seed=0, data_dir=root)
+    np.testing.assert_array_equal(images[:200], x_train)
+    np.testing.assert_array_equal(images[200:], x_train[:50])  # from the first again past the 200
+    np.testing.assert_array_equal(labels, np.concatenate([y_train, y_train[:50]]))
+    assert what.startswith("the first 200 training images of ")
+    result = train_speed.measure("lenet", batch=8, steps=2, warmup=1, steps_per_execution=1, data_dir=root)
+    assert result["images"].startswith("the first 24 training images of ") and result["img_per_s"] > 0
+    assert train_speed.measure("lenet", batch=8, steps=2, warmup=1, steps_per_execution=1)["images"] == "random uint8"
+    with pytest.raises(SystemExit, match="^error: ") as e:
+        train_speed.main(["--model", "lenet", "--steps", "2", "--data-dir", str(tmp_path / "none")])
+    assert "\n" not in str(e.value)
+
+
 def test_benchmarks_refuse_what_needs_tensorflow_on_another_backend(monkeypatch):
     monkeypatch.setattr(train_speed.keras.backend, "backend", lambda: "jax")
     monkeypatch.setattr(distribute, "BACKEND", "torch")  # the loop's own refusals, before any device is touched

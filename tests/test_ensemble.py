@@ -225,6 +225,11 @@ def _unfinished(config):
     config["settings"]["epochs"] = 30
 
 
+def _make(path, file=False):
+    path.write_bytes(b"an image") if file else path.mkdir()
+    return path
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "run folder {tmp}/nope does not exist"),
     ("unfinished", "is not finished (2 of 30 epochs completed)"),
@@ -233,12 +238,18 @@ def _unfinished(config):
     ("out_folder", "cannot write {tmp}: it is a folder"),
     ("out_in_run", "cannot write {tmp}/b/metrics.json: it is inside the run folder {tmp}/b"),
     ("same_outputs", "--out and --submission are the same file"),
+    ("out_is_predict", "cannot write {tmp}/cat.png: it is the --predict input itself"),
+    ("out_in_predict", "cannot write {tmp}/imgs/p.json: it is inside the --predict input {tmp}/imgs"),
+    ("out_in_kaggle", "cannot write {tmp}/k/ens.json: it is inside the --kaggle-test-dir input {tmp}/k"),
+    ("submission_in_kaggle", "cannot write {tmp}/k/s.csv: it is inside the --kaggle-test-dir input {tmp}/k"),
+    ("out_in_data", "it is inside the --data-dir input"),
     ("no_best", "has no best.keras (a run trained with --val-split 0"),
     ("bad_weights", "--weights must be accuracy, uniform or comma-separated numbers"),
     ("weight_count", "--weights 1,2,3 gives 3 weights for 2 run(s)"),
     ("no_metrics", "--weights accuracy needs each run's validation accuracy"),
     ("split_seed", "the runs do not share one validation split"),
     ("other_data", "differs from the one {tmp}/b held out"),
+    ("null_data", "{tmp}/b/config.json is damaged (its data entry holds NoneType, not an object)"),
     ("kaggle_missing", "{tmp}/kaggle is not a folder"),
     ("unknown_flag", "unrecognized arguments: --bogus"),
     ("submission_folder", "cannot write {tmp}/no/s.csv: folder {tmp}/no does not exist"),
@@ -255,16 +266,27 @@ def test_errors_are_one_line_with_exit_2(case, message, tiny_cifar, tiny_runs, t
             {**read_json(tiny_runs[1] / "metrics.json"), "val_accuracy": float("nan")})})],
         "out_folder": lambda: [a, "--out", str(tmp_path)],
         "out_in_run": lambda: [a, b_copy(), "--out", str(tmp_path / "b" / "metrics.json")],
-        "same_outputs": lambda: [a, "--kaggle-test-dir", str(tmp_path), "--submission", str(tmp_path / "ens.json")],
+        "same_outputs": lambda: [a, "--kaggle-test-dir", str(tmp_path / "k"),
+                                 "--submission", str(tmp_path / "ens.json")],
+        "out_is_predict": lambda: [a, "--predict", str(_make(tmp_path / "cat.png", file=True)),
+                                   "--out", str(tmp_path / "cat.png")],
+        "out_in_predict": lambda: [a, "--predict", str(_make(tmp_path / "imgs")),
+                                   "--out", str(tmp_path / "imgs" / "p.json")],
+        "out_in_kaggle": lambda: [a, "--kaggle-test-dir", str(_make(tmp_path / "k")),
+                                  "--out", str(tmp_path / "k" / "ens.json")],
+        "submission_in_kaggle": lambda: [a, "--kaggle-test-dir", str(_make(tmp_path / "k")),
+                                         "--submission", str(tmp_path / "k" / "s.csv")],
+        "out_in_data": lambda: [a, "--out", str(root / "ens.json")],
         "no_best": lambda: [a, b_copy(remove=["best.keras"])],
         "bad_weights": lambda: [a, b, "--weights", "heavy"],
         "weight_count": lambda: [a, b, "--weights", "1,2,3"],
         "no_metrics": lambda: [a, b_copy(remove=["metrics.json"]), "--weights", "accuracy"],
         "split_seed": lambda: [a, b_copy(edit=_other_seed), "--select", "greedy"],
         "other_data": lambda: [b_copy(edit=_other_data), "--select", "greedy"],
+        "null_data": lambda: [b_copy(edit=lambda c: c.update(data=None)), "--select", "greedy"],
         "kaggle_missing": lambda: [a, "--kaggle-test-dir", str(tmp_path / "kaggle")],
         "unknown_flag": lambda: [a, "--bogus"],
-        "submission_folder": lambda: [a, "--kaggle-test-dir", str(tmp_path),
+        "submission_folder": lambda: [a, "--kaggle-test-dir", str(tmp_path / "k"),
                                       "--submission", str(tmp_path / "no" / "s.csv")],
     }[case]()
     out = tmp_path / "ens.json"
@@ -348,6 +370,23 @@ def test_bad_files_are_all_reported_and_nothing_is_written(tiny_cifar, tiny_runs
                      "cat.png (name is not <integer>.png)", "4 bad file(s)", "--skip-bad"):
         assert reported in err
     assert os.listdir(sub.parent) == [] and not out.exists()  # checked before any work
+
+
+def test_a_submission_failing_midway_leaves_the_report_and_submission_as_they_were(tiny_cifar, tiny_runs, tmp_path,
+                                                                                  capsys):
+    """An image whose data is cut off is found only while predicting, after the evaluation."""
+    root, _ = tiny_cifar
+    kaggle_folder(tmp_path / "test", range(1, 13))
+    whole = (tmp_path / "test" / "5.png").read_bytes()
+    (tmp_path / "test" / "5.png").write_bytes(whole[:60])
+    sub, out = tmp_path / "submission.csv", tmp_path / "ens.json"
+    sub.write_text("id,label\n1,cat\n")
+    out.write_text('{"earlier": "report"}')
+    assert ensemble.main([*map(str, tiny_runs), "--data-dir", str(root), "--out", str(out),
+                          "--kaggle-test-dir", str(tmp_path / "test"), "--submission", str(sub)]) == 2
+    assert "5.png (does not decode" in one_line_error(capsys)
+    assert sub.read_text() == "id,label\n1,cat\n" and out.read_text() == '{"earlier": "report"}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ens.json", "submission.csv", "test"]
 
 
 def test_skip_bad_writes_the_good_ones(tiny_cifar, tiny_runs, tmp_path, capsys):

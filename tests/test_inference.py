@@ -194,13 +194,27 @@ def test_a_loaded_file_refuses_images_of_another_size(runs, images):
                                   inference.inference_model(runs["scale"]).predict(images, batch_size=16, verbose=0))
 
 
-def test_last_checkpoint(runs, images, tmp_path):
-    run = shutil.copytree(runs["standardize"], tmp_path / "run")
-    assert inference.main([str(run), "--checkpoint", "last"]) == 0
+def test_last_checkpoint(runs, images):
+    run = runs["standardize"]
     last = keras.saving.load_model(run / "last.keras", compile=False)
     reference = softmax(last.predict(data.preprocess(images, "standardize"), verbose=0).astype(np.float64))
-    probs = keras.saving.load_model(run / "inference.keras").predict(images, verbose=0)
+    probs = inference.inference_model(run, "last").predict(images, verbose=0)
     np.testing.assert_allclose(probs, reference, rtol=0, atol=FLOAT32_ATOL)
+
+
+def test_a_run_without_validation_split_ships_its_last_checkpoint(runs, images, tmp_path, capsys):
+    run = shutil.copytree(runs["standardize"], tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["settings"]["val_split"] = 0  # what train.py --val-split 0 records; it keeps no best.keras
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "best.keras").unlink()
+    assert inference.main([str(run)]) == 0
+    assert "last.keras between its preprocessing" in capsys.readouterr().out
+    expected = inference.inference_model(run, "last").predict(images, verbose=0)
+    np.testing.assert_array_equal(keras.saving.load_model(run / "inference.keras").predict(images, verbose=0),
+                                  expected)
+    with pytest.raises(inference.InferenceError, match=r"keeps only last.keras: use --checkpoint last"):
+        inference.inference_model(run, "best")
 
 
 # --------------------------------------------------------------------------- exports
@@ -299,6 +313,12 @@ def _unfinished(run):
     (run / "config.json").write_text(json.dumps(config))
 
 
+def _other_dataset(run):
+    config = json.loads((run / "config.json").read_text())
+    config["settings"]["dataset"] = "cifar100"  # a 10-class model under a 100-class config
+    (run / "config.json").write_text(json.dumps(config))
+
+
 def _damaged(run):
     (run / "best.keras").unlink()  # a link to the checkpoint: replace it, do not write through it
     (run / "best.keras").write_bytes(b"PK\x03\x04 not a whole zip")
@@ -310,7 +330,10 @@ def _damaged(run):
     ("not_a_run", "{tmp}/run holds no config.json"),
     ("unfinished", "{tmp}/run is not finished (1 of 2 epochs completed)"),
     ("damaged", "cannot load {tmp}/run/best.keras: damaged or not a Keras model file"),
-    ("no_best", "has no best.keras (a run trained with --val-split 0 keeps only last.keras: use --checkpoint last)"),
+    ("no_best", "has no best.keras, which train.py keeps in such a finished run: the folder is damaged"),
+    ("last_over_best", "{tmp}/run/inference.keras is the model of best.keras, whose test accuracy the run's "
+                       "metrics.json reports; export last.keras instead"),
+    ("other_classes", "{tmp}/run/best.keras: expected a model from (None, 32, 32, 3) images to (None, 100) logits"),
     ("bad_config", "{tmp}/run/config.json is damaged"),
     ("unknown_format", "argument --export: invalid choice: 'pdf'"),
     ("out_exists", "{tmp}/taken exists; remove it or choose another --out (nothing was written)"),
@@ -323,7 +346,8 @@ def test_errors_are_one_line_with_exit_2_and_nothing_written(case, message, runs
     if case not in ("missing", "not_a_run", "a_file"):
         shutil.copytree(runs["standardize"], run)
     {"not_a_run": lambda: run.mkdir(), "unfinished": lambda: _unfinished(run), "damaged": lambda: _damaged(run),
-     "no_best": lambda: (run / "best.keras").unlink(), "bad_config": lambda: (run / "config.json").write_text("{"),
+     "no_best": lambda: (run / "best.keras").unlink(), "other_classes": lambda: _other_dataset(run),
+     "bad_config": lambda: (run / "config.json").write_text("{"),
      "out_exists": lambda: (tmp_path / "taken").mkdir(),
      "a_file": lambda: (tmp_path / "image.png").write_bytes(b"")}.get(case, lambda: None)()
     argv = {
@@ -334,6 +358,7 @@ def test_errors_are_one_line_with_exit_2_and_nothing_written(case, message, runs
         "out_folder": [str(run), "--export", "tflite", "--out", str(tmp_path / "no" / "model.tflite")],
         "no_out": [str(run), "--export", "savedmodel"],
         "out_alone": [str(run), "--out", str(tmp_path / "x")],
+        "last_over_best": [str(run), "--checkpoint", "last"],
     }.get(case, [str(run)])
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert inference.main(argv) == 2
