@@ -71,6 +71,14 @@ def write_atomic(path, text):
         raise
 
 
+def input_holding(path, inputs):
+    """The first of the folders or files `inputs` that is `path` or holds it (resolved), or None: an output
+    a command must not write, since it would replace one of the command's own inputs."""
+    target = Path(path).resolve()
+    return next((Path(i) for i in inputs if Path(i).resolve() == target or Path(i).resolve() in target.parents),
+                None)
+
+
 def write_json(path, obj):
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
@@ -296,7 +304,8 @@ def other_settings(run, config, settings):
     if not isinstance(config.get("settings"), dict):
         raise DamagedRun(f"{run.path / 'config.json'} is damaged (it lacks 'settings'); {_damaged_advice(run)}")
     diffs = settings_.describe_differences(config["settings"], settings)
-    if diffs and (run.path / "state.json").exists():
+    # metrics.json without state.json: a finished run's small files, as results/runs keeps them
+    if diffs and any((run.path / f).exists() for f in ("state.json", "metrics.json")):
         raise TrainError(f"{run.path} holds a run with other settings ({'; '.join(diffs)}); use another --run-dir")
     return diffs
 

@@ -7,6 +7,7 @@ run cut off mid-way resumes after its last completed epoch.
 """
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import data
 import loop
 import settings as settings_
 from errors import TrainError
+import runfolder
 from runfolder import hold
 
 
@@ -117,8 +119,40 @@ def mean_curve(runs, column):
     return np.mean([c[:length] for c in curves], axis=0)
 
 
+def write_report(out, rows, markdown):
+    """A series' OUT/results.csv (the rows) and OUT/results.md (`markdown`), each written atomically;
+    TrainError naming the file that cannot be written (the runs are kept: the same command writes it again)."""
+    for path, write in ((Path(out) / "results.csv", lambda p: write_csv(p, rows)),
+                        (Path(out) / "results.md", lambda p: runfolder.write_atomic(p, markdown))):
+        _written(path, write)
+
+
+def save_figure(fig, path, dpi=120):
+    """A matplotlib figure saved as `path` atomically (its format from the suffix); TrainError as write_report."""
+    path = Path(path)
+
+    def write(p):
+        tmp = p.with_name(f".{p.name}.tmp")
+        try:
+            fig.savefig(tmp, dpi=dpi, format=p.suffix[1:])
+            tmp.replace(p)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _written(path, write)
+
+
+def _written(path, write):
+    try:
+        write(path)
+    except OSError as e:
+        raise TrainError(f"cannot write {path}: {e.strerror or e}; the runs are kept: once it can be written, "
+                         "the same command writes the reports without training again") from None
+
+
 def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    """The rows as CSV at `path`, written atomically (runfolder.write_atomic): a failed write leaves the old file."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    runfolder.write_atomic(path, text.getvalue())

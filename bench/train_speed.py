@@ -112,6 +112,7 @@ def measure(model_name, batch, steps, warmup, **options):
         **setup,
         "img_per_s": round(steps_timed.sum() * batch / seconds.sum(), 1),
         "median_step_img_per_s": round(float(np.median(steps_timed * batch / seconds)), 1),
+        "execution_img_per_s": [round(float(r), 1) for r in steps_timed * batch / seconds],  # in order: a trend shows
     }
 
 

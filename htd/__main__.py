@@ -160,14 +160,16 @@ def _compare(args, out):
     except (TrainError, data.DataError) as e:
         raise ValueError(str(e)) from None
     rows = series.summary_rows(results)
-    series.write_csv(Path(args.out) / "results.csv", rows)
     lines = ["| schedule | test acc % median | test acc % mean ± std | val acc % mean ± std | runs | epochs | wall min, all runs |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['test_median']:.2f} | {series.stat_text(r['test_mean'], r['test_std'], r['runs'])} | "
               f"{series.stat_text(r['val_mean'], r['val_std'], r['runs'])} | {r['runs']} | {r['epochs']} | {r['wall_minutes']} |"
               for r in rows]
-    (Path(args.out) / "results.md").write_text("\n".join(lines) + "\n")
-    _plot_comparison(results, args.model, Path(args.out) / "curves.png")
+    try:
+        series.write_report(args.out, rows, "\n".join(lines) + "\n")
+        _plot_comparison(results, args.model, Path(args.out) / "curves.png")
+    except TrainError as e:
+        raise ValueError(str(e)) from None
     out.write("\n".join(lines) + "\n")
 
 
@@ -192,7 +194,7 @@ def _plot_comparison(results, model, path):
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend()
-    fig.savefig(path, dpi=120)
+    series.save_figure(fig, path)
 
 
 def main(argv=None):

@@ -96,6 +96,9 @@ def _real(name, value, low=None, high=None, *, low_open=False, high_open=False):
     return float(value)
 
 
+MAX_STEPS = 2**31 - 1  # the largest step the schedules' int32 step counter holds
+
+
 class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Base class: step -> (warm-up, clipped time since warm-up) -> `_decay(t, u)`.
 
@@ -107,6 +110,9 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.base_lr = _real("base_lr", base_lr, 0.0, low_open=True)
         self.epochs = _whole("epochs", epochs, 1)
         self.steps_per_epoch = _whole("steps_per_epoch", steps_per_epoch, 1)
+        if self.epochs * self.steps_per_epoch > MAX_STEPS:  # __call__ counts steps in int32
+            raise ValueError(f"epochs x steps_per_epoch must be at most {MAX_STEPS:,} (the step counter is a 32-bit "
+                             f"integer); got {self.epochs} x {self.steps_per_epoch}")
         if per not in PER:
             raise ValueError(f"per must be one of {', '.join(PER)}; got {per!r}")
         self.per = per

@@ -84,8 +84,10 @@ def _build_owned(args, out, given, measured, forget_ids):
         charts.accuracy_vs_time(groups, out / "accuracy_vs_time.png")
         charts.curves(groups, out / "curves.png")
     report.write(out, rows, runs.read_partial(out / "partial.csv"), charts=bool(groups))
-    readme = out.resolve().parent / "README.md"  # the repository's, when OUT is its results/
-    if readme.is_file() and report.update_readme(readme, rows, f"{out.name}/README.md"):
+    # The repository's README, when OUT is its results/ (a folder of that name beside a README); never the
+    # README beside another OUT, such as a scratch table built from the repository's root
+    readme = out.resolve().parent / "README.md"
+    if out.resolve().name == "results" and readme.is_file() and report.update_readme(readme, rows, "results/README.md"):
         print(f"updated the results block of {readme}")
     if copied:
         print(f"copied {len(copied)} finished run(s) into {out / 'runs'}: {', '.join(copied)}")
@@ -130,12 +132,19 @@ def zoo(args):
     overrides = {k: v for k, v in dict(epochs=args.epochs, val_split=args.val_split,
                                        batch_size=args.batch_size).items() if v is not None}
     runs_dir = Path(args.runs_dir)
+    copies = Path(args.out) / "runs"
+    if runs_dir.resolve() == copies.resolve() or copies.resolve() in runs_dir.resolve().parents:
+        raise ResultsError(f"--runs-dir {runs_dir} is where build keeps its copies of finished runs ({copies}); "
+                           "train into another folder")
     check_out(Path(args.out))  # before hours of training, not after
     try:
         settings.check_seeds(args.seeds)
         for name in names:  # every recipe checked before hours of training
             settings.resolve_settings(name, **overrides)
         loaded = data.load_cifar10(args.data_dir)
+        for name in names:  # every run folder too: a refusal comes before the first training, not after
+            for seed in args.seeds:
+                loop.check_folder(name, runs_dir / f"{name}-seed{seed}", loaded, seed=seed, **overrides)
         for name in names:
             for seed in args.seeds:
                 print(f"== {name}, seed {seed}", flush=True)

@@ -115,8 +115,11 @@ def main(argv=None):
             runs = [series.run_dir(a.out, name, seed) for seed in a.seeds]
             results[name] = [(run, json.loads((run / "metrics.json").read_text())) for run in runs]
     summary = rows(results)
-    series.write_csv(Path(a.out) / "results.csv", summary)
-    (Path(a.out) / "results.md").write_text(table(summary, a.model))
+    try:
+        series.write_report(a.out, summary, table(summary, a.model))
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(table(summary, a.model), end="")
     return 0
 

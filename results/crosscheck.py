@@ -133,8 +133,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0 or args.weight_decay < 0 or args.threads < 0:
         p.error("--epochs and --batch-size must be >= 1, --lr > 0, --weight-decay and --threads >= 0")
-    if sorted(args.milestones) != args.milestones or any(m < 1 for m in args.milestones):
-        p.error(f"--milestones must be increasing epochs >= 1; got {args.milestones}")
+    if any(b <= a for a, b in zip(args.milestones, args.milestones[1:])) or any(m < 1 for m in args.milestones):
+        p.error(f"--milestones must be strictly increasing epochs >= 1; got {args.milestones}")
     try:
         build_resnet(args.depth)
     except ValueError as e:
@@ -225,10 +225,16 @@ def main(argv=None):
         p.add_argument("run_dirs", nargs="+", metavar="RUN")
         p.add_argument("--csv", help="also write the rows to this CSV file")
         a = p.parse_args(argv[1:])
-        rows = summary(a.run_dirs)
         if a.csv:
             if Path(a.csv).is_dir():
                 sys.exit(f"error: --csv {a.csv} is a folder; give a file name")
+            target = Path(a.csv).resolve()  # runfolder.input_holding's test; runfolder needs Keras, this file does not
+            holding = next((r for r in a.run_dirs if Path(r).resolve() in target.parents), None)
+            if holding is not None:
+                sys.exit(f"error: --csv {a.csv} is in the run folder {holding}, whose files it could replace; "
+                         "write it elsewhere")
+        rows = summary(a.run_dirs)
+        if a.csv:
             try:
                 _write_csv(Path(a.csv), rows)
             except OSError as e:

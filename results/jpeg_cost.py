@@ -32,6 +32,7 @@ import tensorflow as tf
 import data
 import inference
 import loop
+import runfolder
 import series
 from errors import TrainError
 
@@ -133,13 +134,26 @@ def split_main(argv):
     p.add_argument("--data-dir", help="the copy the runs were trained on (as train.py's --data-dir)")
     p.add_argument("--csv", help="also write the rows to this CSV file")
     a = p.parse_args(argv)
+    if a.csv:
+        csv_problem = (f"--csv {a.csv} is a folder; give a file name" if Path(a.csv).is_dir() else
+                       f"cannot write --csv {a.csv}: folder {Path(a.csv).parent} does not exist"
+                       if not Path(a.csv).parent.is_dir() else None)
+        holding = runfolder.input_holding(a.csv, a.run_dirs)
+        if holding is not None:
+            csv_problem = f"--csv {a.csv} is in the run folder {holding}, whose files it could replace"
+        if csv_problem:
+            print(f"error: {csv_problem}", file=sys.stderr)
+            return 2
     try:
         rows = split_rows(a.run_dirs, data.load_cifar10(a.data_dir))
+        if a.csv:
+            series.write_csv(Path(a.csv), rows)
     except (TrainError, data.DataError, inference.InferenceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if a.csv:
-        series.write_csv(Path(a.csv), rows)
+    except OSError as e:
+        print(f"error: cannot write --csv {a.csv}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(split_table(rows), end="")
     return 0
 
@@ -168,11 +182,10 @@ def main(argv=None):
         exact = variants["exact"]
         _, val_idx = data.stratified_split(exact.y_train, a.val_split, 0)
         summary = rows(results, exact.x_train[val_idx], exact.y_train[val_idx])
+        series.write_report(a.out, summary, table(summary))
     except (TrainError, data.DataError, inference.InferenceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    series.write_csv(Path(a.out) / "results.csv", summary)
-    (Path(a.out) / "results.md").write_text(table(summary))
     print(table(summary), end="")
     return 0
 

@@ -90,6 +90,7 @@ def test_train_speed_measures_train_py_step_and_names_the_backend():
     assert (result["backend"], result["jit"], result["batch_norm"], result["steps_timed"]) == ("tensorflow", False,
                                                                                              "fused", 2)
     assert result["img_per_s"] > 0 and result["framework"].startswith("keras 3.")
+    assert len(result["execution_img_per_s"]) == 2  # one rate per timed execution (one step each here)
     assert result["batches"] == "precomputed"  # train.py's choice on the CPU alone
     streamed = train_speed.measure("lenet", batch=8, steps=2, warmup=1, steps_per_execution=1, batches="streamed")
     assert streamed["batches"] == "streamed" and streamed["img_per_s"] > 0

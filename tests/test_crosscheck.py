@@ -71,7 +71,8 @@ def test_a_run_writes_train_pys_files_resumes_after_a_kill_and_refuses_other_set
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--milestones", "5", "3"], "--milestones must be increasing"),
+    (["--milestones", "5", "3"], "--milestones must be strictly increasing"),
+    (["--milestones", "3", "3"], "--milestones must be strictly increasing"),  # would divide the lr by 100 at once
     (["--depth", "21"], "depth must be 6n\\+2"),
     (["--epochs", "0"], "--epochs and --batch-size must be >= 1"),
 ])
@@ -125,6 +126,10 @@ def test_summary_groups_runs_by_implementation_and_precision(tmp_path, capsys):
         crosscheck.main(["summary", nan])
     with pytest.raises(SystemExit, match="is a folder"):
         crosscheck.main(["summary", runs[1], "--csv", str(tmp_path)])
+    before = (tmp_path / "t0" / "metrics.json").read_bytes()
+    with pytest.raises(SystemExit, match="is in the run folder .*t0, whose files it could replace"):
+        crosscheck.main(["summary", runs[0], runs[1], "--csv", str(tmp_path / "t0" / "metrics.json")])
+    assert (tmp_path / "t0" / "metrics.json").read_bytes() == before
 
 
 def test_a_run_dir_that_is_a_file_or_holds_a_garbled_config_is_refused(tmp_path):

@@ -338,6 +338,19 @@ def test_zoo_checks_its_out_before_training(tiny_cifar, tmp_path, capsys):
     assert "is not a folder" in err and not (tmp_path / "runs").exists()
 
 
+def test_zoo_checks_every_run_folder_before_the_first_training(tiny_cifar, tiny_runs, tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    taken = runs_dir / "lenet-seed1"  # the second of the two runs holds a run of other settings
+    shutil.copytree(tiny_runs / "exp" / "lenet-seed0", taken)
+    err = one_line_error(capsys, ["zoo", "--models", "lenet", "--seeds", "0", "1", "--epochs", "1", "--runs-dir",
+                                  str(runs_dir), "--out", str(tmp_path / "out"), "--data-dir", str(tiny_cifar[0])])
+    assert f"{taken} holds a run with other settings" in err
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["lenet-seed1"]  # lenet-seed0 was not trained
+    err = one_line_error(capsys, ["zoo", "--models", "lenet", "--seeds", "0", "--runs-dir",
+                                  str(tmp_path / "out" / "runs"), "--out", str(tmp_path / "out")])
+    assert "is where build keeps its copies of finished runs" in err
+
+
 def test_a_real_process_prints_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "results", "build", str(tmp_path / "nowhere")], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
@@ -453,6 +466,12 @@ def test_the_committed_table_is_what_its_committed_runs_give(tmp_path):
     for name in ("table.csv", "README.md"):
         assert (out / name).read_text() == (committed / name).read_text(), name
     assert (tmp_path / "README.md").read_text() == (ROOT / "README.md").read_text()
+    scratch = tmp_path / "scratch"  # a table built elsewhere beside the same README leaves the README alone
+    shutil.copytree(out, scratch, ignore=shutil.ignore_patterns("README.md", "table.csv", "*.png", ".*"))
+    before = (ROOT / "README.md").read_text().replace("| resnet20 |", "| x |")  # not what build would write
+    (tmp_path / "README.md").write_text(before)
+    assert cli.main(["build", "--out", str(scratch)]) == 0
+    assert (tmp_path / "README.md").read_text() == before and (scratch / "table.csv").is_file()
 
 
 def test_the_jpeg_experiment_recompresses_only_the_training_part(tiny_cifar, monkeypatch):
@@ -499,6 +518,13 @@ def test_the_split_evaluation_parts_a_runs_validation_images_into_exact_and_reco
     other = data.Cifar10(full.x_train[::-1].copy(), full.y_train[::-1].copy(), full.x_test, full.y_test, "other")
     with pytest.raises(TrainError, match="was trained on other data"):
         jpeg_cost.split_rows([run], other)
+    before = (run / "metrics.json").read_bytes()
+    for csv_path, message in ((run / "metrics.json", f"is in the run folder {run}, whose files it could replace"),
+                              (tmp_path, "is a folder"), (tmp_path / "no" / "x.csv", "does not exist")):
+        assert jpeg_cost.main(["split", str(run), "--data-dir", str(root), "--csv", str(csv_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert (run / "metrics.json").read_bytes() == before
 
 
 def test_the_backend_comparison_tabulates_each_backends_runs():

@@ -308,6 +308,8 @@ BAD = [
     (dict(name="htd", epochs=0), "epochs must be a whole number >= 1"),
     (dict(name="htd", steps_per_epoch=2.5), "steps_per_epoch must be"),
     (dict(name="htd", base_lr=float("nan")), "base_lr must be"),
+    # 4 x 10**9 steps would wrap the int32 step counter: cosine's lr would restart, silently
+    (dict(name="cosine", epochs=4, steps_per_epoch=10**9), r"at most 2,147,483,647 .*got 4 x 1000000000"),
 ]
 
 

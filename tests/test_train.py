@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,22 @@ def test_finished_run_is_left_alone(tiny_cifar, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     assert train.main(tiny_args(root, run, "--epochs", "2")) == 2
     assert "holds a run with other settings (epochs: 1 there, 2 now" in capsys.readouterr().err
+
+
+def test_a_finished_runs_small_files_are_not_taken_for_an_attempt_that_committed_nothing(tiny_cifar, tmp_path,
+                                                                                         capsys):
+    """results/runs keeps config.json, history.csv and metrics.json of a finished run, no state.json."""
+    root, _ = tiny_cifar
+    run = tmp_path / "run"
+    assert train.main(tiny_args(root, run, "--epochs", "1")) == 0
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "history.csv", "metrics.json"):
+        shutil.copyfile(run / name, copy / name)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    assert train.main(tiny_args(root, copy, "--epochs", "2")) == 2
+    assert "holds a run with other settings (epochs: 1 there, 2 now" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
 
 
 @pytest.mark.parametrize("extra, message", [

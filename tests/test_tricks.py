@@ -45,6 +45,15 @@ def test_series_writes_reports_and_resumes(tiny_cifar, tmp_path, capsys):
     assert capsys.readouterr().out.count("already finished") == 4
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
 
+    (tmp_path / "results.md").unlink()
+    (tmp_path / "results.md").mkdir()  # a report that cannot be written: one line, the runs kept
+    assert ablation.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write {tmp_path / 'results.md'}: ") and "\n" not in err
+    assert "the same command writes the reports without training again" in err
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
+    assert not list(tmp_path.glob(".*.tmp"))
+
 
 def test_bad_flags_leave_no_output_folder(tmp_path, capsys):
     out = tmp_path / "out"

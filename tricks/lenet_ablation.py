@@ -56,7 +56,6 @@ def write_reports(rows, results, out):
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    series.write_csv(out / "results.csv", rows)
     lines = ["| variant | adds | val acc % (mean ± std) | test acc % (mean ± std) | runs | epochs | wall min | reference test % (200 epochs, 1 run) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -64,7 +63,7 @@ def write_reports(rows, results, out):
         lines.append(f"| {r['variant']} | {r['adds']} | {series.stat_text(r['val_mean'], r['val_std'], r['runs'])} | "
                      f"{series.stat_text(r['test_mean'], r['test_std'], r['runs'])} | {r['runs']} | {r['epochs']} | "
                      f"{r['wall_minutes']} | {ref} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    series.write_report(out, rows, "\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, runs in results.items():
@@ -78,7 +77,7 @@ def write_reports(rows, results, out):
     else:
         ax.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
+    series.save_figure(fig, out / "curves.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -95,7 +94,7 @@ def write_reports(rows, results, out):
     ax.set_ylim(max(0, min(lows) - 10), 100)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(out / "bars.png", dpi=120)
+    series.save_figure(fig, out / "bars.png")
     plt.close(fig)
 
 
@@ -113,14 +112,14 @@ def main(argv=None):
     try:
         variants = {name: variant_overrides(name) for name in a.variants}
         results = series.run_grid(MODEL, variants, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **common)
+        rows = summarise(results)
+        write_reports(rows, results, a.out)
     except (TrainError, data.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\n{SERIES_INTERRUPTED}", file=sys.stderr)
         return 130
-    rows = summarise(results)
-    write_reports(rows, results, a.out)
     print((Path(a.out) / "results.md").read_text())
     return 0
 
