@@ -13,6 +13,9 @@ class DamagedRun(TrainError):
 SERIES_INTERRUPTED = ("interrupted; run the same command again: finished runs are read back, the interrupted one "
                       "resumes after its last completed epoch")
 
+# In a series' OUT: which command's series of which model the folder holds (series.check_owner).
+SERIES_OWNER_FILE = "series.json"
+
 
 def why(error):
     """`error` as "Type: message" (or its type alone), for an error line that names its cause."""

@@ -14,17 +14,18 @@ import numpy as np
 
 import data
 import loop
-import settings as settings_
-from errors import TrainError
 import runfolder
+import settings as settings_
+from errors import SERIES_OWNER_FILE, TrainError
 from runfolder import hold
 
 
-def run_grid(model, variants, seeds, out, *, loaded=None, data_dir=None, verbose="auto", **common):
+def run_grid(model, variants, seeds, out, *, kind, loaded=None, data_dir=None, verbose="auto", **common):
     """Trains (or reads back) every (variant, seed); returns {variant: [(run folder, metrics), ...]}.
 
     `variants` maps a name to the settings it overrides; `common` (settings, or train()'s other
-    keyword arguments) applies to all of them.
+    keyword arguments) applies to all of them. `kind` names the command (e.g. "htd compare"): OUT
+    holds one command's series of one model, whose reports it rewrites (see check_owner).
     """
     settings_.check_seeds(list(seeds))
     resolved = [settings_.resolve_settings(model, **{k: v for k, v in {**common, **overrides}.items()
@@ -38,6 +39,7 @@ def run_grid(model, variants, seeds, out, *, loaded=None, data_dir=None, verbose
     except OSError as e:
         raise TrainError(f"cannot write to {out}: {e.strerror or e}") from None
     with hold(out, "--out folder"):  # one process at a time runs a series
+        check_owner(out, kind, model)
         if loaded is None:
             loaded = data.load(*datasets.pop(), data_dir)
         for name, overrides in variants.items():  # every folder checked before the first run trains
@@ -56,6 +58,27 @@ def run_grid(model, variants, seeds, out, *, loaded=None, data_dir=None, verbose
                                       **{**common, **overrides})
                 results[name].append((run_dir_, metrics))
     return results
+
+
+def check_owner(out, kind, model):
+    """Makes OUT the folder of `kind`'s series of `model`, or refuses it (TrainError) where it is another's:
+    another command's or model's series, whose reports this one would overwrite and mix with its own, or a
+    results table (`python -m results build`'s folder)."""
+    out = Path(out)
+    if (out / "table.csv").exists():
+        raise TrainError(f"{out} holds a results table (table.csv); a series needs a folder of its own")
+    owner = {"series": kind, "model": model}
+    if (out / SERIES_OWNER_FILE).exists():
+        try:
+            recorded = runfolder.read_json_object(out / SERIES_OWNER_FILE)
+        except ValueError as e:
+            raise TrainError(f"{out / SERIES_OWNER_FILE} is damaged ({e}); it names the series the folder "
+                             "holds") from None
+        if {k: recorded.get(k) for k in owner} != owner:
+            raise TrainError(f"{out} holds the {recorded.get('series')} series of {recorded.get('model')}, not "
+                             f"{kind} of {model}; use another --out")
+    else:
+        runfolder.write_json(out / SERIES_OWNER_FILE, owner)
 
 
 def run_dir(out, variant, seed):

@@ -25,7 +25,7 @@ from settings import SETTINGS, add_arguments, check_schedule_flags, check_seeds,
 def _train_seeds(model, seeds, out, options, overrides):
     """One run per seed (resumable, as any run), then RUN_DIR/summary.{json,md}."""
     try:
-        results = series.run_grid(model, {model: {}}, seeds, out, **options, **overrides)
+        results = series.run_grid(model, {model: {}}, seeds, out, kind="train.py --seeds", **options, **overrides)
     except data.DataError as e:
         raise TrainError(str(e)) from None
     row = series.summary_rows(results)[0]

@@ -156,7 +156,8 @@ def _compare(args, out):
     variants = {n: {"schedule": n, **{k: v for k, v in only.items() if n in settings.BY_NAME[k].schedules}}
                 for n in names}
     try:  # run_grid makes OUT once every setting has been checked
-        results = series.run_grid(args.model, variants, args.seeds, args.out, data_dir=args.data_dir, **common)
+        results = series.run_grid(args.model, variants, args.seeds, args.out, kind="htd compare",
+                                  data_dir=args.data_dir, **common)
     except (TrainError, data.DataError) as e:
         raise ValueError(str(e)) from None
     rows = series.summary_rows(results)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import runlock
-from errors import SERIES_INTERRUPTED
+from errors import SERIES_INTERRUPTED, SERIES_OWNER_FILE
 from results import runs, throughput
 from results.runs import ResultsError
 
@@ -51,6 +51,10 @@ def check_out(out):
     """OUT's own files, read and checked (zoo does it before its training); its throughput rows."""
     if out.exists() and not out.is_dir():
         raise ResultsError(f"--out {out} is not a folder")
+    held = next((n for n in (SERIES_OWNER_FILE, "results.csv", "results.md") if (out / n).exists()), None)
+    if held:  # a series' OUT: its runs/ are run folders, not copies, and its reports would be overwritten
+        raise ResultsError(f"--out {out} holds a series ({held}); give its runs as RUN_DIR and build the table into "
+                           "a folder of its own (default results/)")
     measured = throughput.read(out / "throughput.csv")
     runs.load_copied(out)  # a garbled OUT/runs is refused before anything is added to it
     runs.read_partial(out / "partial.csv")

@@ -38,7 +38,8 @@ def train_here(a):
     backend = os.environ["KERAS_BACKEND"]
     given = {k: v for k, v in (("val_split", a.val_split), ("batch_size", a.batch_size)) if v is not None}
     variants = {variant(backend, precision): {"mixed_precision": precision == "mixed"} for precision in a.precisions}
-    series.run_grid(a.model, variants, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **given)
+    series.run_grid(a.model, variants, a.seeds, a.out, kind="results.backends", data_dir=a.data_dir,
+                    epochs=a.epochs, **given)
 
 
 def rows(results):

@@ -177,8 +177,8 @@ def main(argv=None):
         variants = subsets(full, a.val_split, split_seed=0)
         results = {}
         for name, loaded in variants.items():
-            results.update(series.run_grid(a.model, {name: {}}, a.seeds, a.out, loaded=loaded, epochs=a.epochs,
-                                           val_split=a.val_split))
+            results.update(series.run_grid(a.model, {name: {}}, a.seeds, a.out, kind="results.jpeg_cost", loaded=loaded,
+                                           epochs=a.epochs, val_split=a.val_split))
         exact = variants["exact"]
         _, val_idx = data.stratified_split(exact.y_train, a.val_split, 0)
         summary = rows(results, exact.x_train[val_idx], exact.y_train[val_idx])

@@ -40,7 +40,7 @@ def tiny_runs(tiny_cifar, tmp_path_factory):
         run_dir = base / "exp" / f"lenet-seed{seed}"
         assert train.main(["--model", "lenet", "--data-dir", str(root), "--run-dir", str(run_dir), *TINY,
                            "--epochs", "2", "--seed", str(seed)]) == 0
-    series.run_grid("lenet", {"scale": {"preprocess": "scale"}}, [0], base / "tricks",
+    series.run_grid("lenet", {"scale": {"preprocess": "scale"}}, [0], base / "tricks", kind="tricks ablation",
                     loaded=data.load_cifar10(root, verbose=False), verbose=0, epochs=1, val_split=40, batch_size=32)
     killed = base / "killed" / "lenet-seed1"
     shutil.copytree(base / "exp" / "lenet-seed1", killed, ignore=shutil.ignore_patterns("metrics.json"))

@@ -122,3 +122,31 @@ def test_ctrl_c_in_a_series_says_how_to_resume_and_the_rerun_keeps_the_finished_
     monkeypatch.setattr(loop, "train", real_train)
     assert command(tiny_cifar[0], out) == 0
     assert capsys.readouterr().out.count("already finished") == 1  # the first run, read back
+
+
+def test_an_out_folder_holds_one_commands_series_of_one_model(tiny_cifar, tmp_path, capsys):
+    import series
+    from results.__main__ import main as results_main
+
+    out = tmp_path / "series"
+    out.mkdir()
+    series.check_owner(out, "tricks ablation", "lenet")
+    assert json.loads((out / errors.SERIES_OWNER_FILE).read_text()) == {"series": "tricks ablation", "model": "lenet"}
+    series.check_owner(out, "tricks ablation", "lenet")  # the same series again: its own folder
+    for kind, model in (("htd compare", "lenet"), ("tricks ablation", "resnet20")):
+        with pytest.raises(errors.TrainError, match=f"holds the tricks ablation series of lenet, not {kind} of "):
+            series.check_owner(out, kind, model)
+    # on the command line, before anything trains: another command's series would overwrite its reports
+    assert htd_main(["compare", "--out", str(out), "--schedules", "step", "--data-dir", str(tiny_cifar[0]), *TINY]) == 2
+    assert "holds the tricks ablation series of lenet, not htd compare of lenet" in capsys.readouterr().err
+    assert not (out / "runs").exists()
+    # nor is a series' OUT a results table's, or the other way round
+    assert results_main(["build", "--out", str(out)]) == 2
+    assert f"--out {out} holds a series (series.json)" in one_line_error(capsys)
+    (tmp_path / "table").mkdir()
+    (tmp_path / "table" / "table.csv").write_text("")
+    with pytest.raises(errors.TrainError, match="holds a results table"):
+        series.check_owner(tmp_path / "table", "htd compare", "lenet")
+    (out / errors.SERIES_OWNER_FILE).write_text("[")
+    with pytest.raises(errors.TrainError, match="series.json is damaged"):
+        series.check_owner(out, "tricks ablation", "lenet")

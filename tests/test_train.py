@@ -509,7 +509,8 @@ def test_a_series_and_an_ensemble_output_are_owned_by_one_process(tiny_cifar, un
     out.mkdir()
     with runlock.hold(out):
         with pytest.raises(TrainError, match=f"{out} is in use by another process \\(pid {os.getpid()}\\)"):
-            series.run_grid("lenet", {"a": {}}, [0], out, data_dir=root, epochs=1, val_split=40, batch_size=32)
+            series.run_grid("lenet", {"a": {}}, [0], out, kind="test", data_dir=root, epochs=1, val_split=40,
+                            batch_size=32)
     assert not (out / "runs").exists()
     report = tmp_path / "ensemble.json"
     with runlock.hold(report):

@@ -111,7 +111,8 @@ def main(argv=None):
     common = {k: v for k, v in dict(val_split=a.val_split, batch_size=a.batch_size).items() if v is not None}
     try:
         variants = {name: variant_overrides(name) for name in a.variants}
-        results = series.run_grid(MODEL, variants, a.seeds, a.out, data_dir=a.data_dir, epochs=a.epochs, **common)
+        results = series.run_grid(MODEL, variants, a.seeds, a.out, kind="tricks ablation", data_dir=a.data_dir,
+                                   epochs=a.epochs, **common)
         rows = summarise(results)
         write_reports(rows, results, a.out)
     except (TrainError, data.DataError, OSError) as e:
