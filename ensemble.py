@@ -112,29 +112,10 @@ def load_member(run_dir, checkpoint="best"):
     if checkpoint not in CHECKPOINTS:
         raise EnsembleError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}; got {checkpoint!r}")
     path = Path(run_dir)
-    try:  # what inference refuses (missing, not a run, damaged, unfinished, no preprocessing it knows)
-        config = inference.read_finished_run(path)
+    try:  # what inference refuses (missing, not a run, damaged, unfinished, no such checkpoint, a foreign model)
+        config, model = inference.load_run_model(path, checkpoint)
     except inference.InferenceError as e:
         raise EnsembleError(str(e) if str(path) in str(e) else f"{path / 'config.json'}: {e}") from None
-    model_file = path / f"{checkpoint}.keras"
-    if not model_file.is_file():
-        if checkpoint == "best":
-            raise EnsembleError(f"{path} has no best.keras (a run trained with --val-split 0 keeps only "
-                                "last.keras; use --checkpoint last)")
-        raise EnsembleError(f"{path} has no last.keras (no epoch of the run has finished)")
-    try:
-        model = keras.saving.load_model(model_file, compile=False)
-    except Exception as e:  # a damaged or foreign file fails in many ways; all mean "cannot use it"
-        raise EnsembleError(f"cannot load {model_file}: {type(e).__name__}: {e}") from None
-    try:
-        settings = config["settings"]
-        classes = data.get_spec(settings.get("dataset", "cifar10")).num_classes(settings.get("labels", "fine"))
-    except data.DataError as e:
-        raise EnsembleError(f"{path / 'config.json'}: {e}") from None
-    shapes = (tuple(model.input_shape), tuple(model.output_shape))
-    if shapes != ((None, *data.IMAGE_SHAPE), (None, classes)):
-        raise EnsembleError(f"{model_file}: expected a model from (None, 32, 32, 3) images to "
-                            f"(None, {classes}) logits; got {shapes[0]} -> {shapes[1]}")
     try:
         probabilities = inference.build_inference_model(model, config)
     except inference.InferenceError as e:

@@ -32,6 +32,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
@@ -144,6 +145,13 @@ def inference_model(run_dir, checkpoint=None):
     """The keras.Model from uint8 images (N, 32, 32, 3) to float32 class probabilities of a finished
     run: its preprocessing, its `checkpoint` model (best.keras or last.keras; by default the one its
     metrics.json reports, see reported_checkpoint), a softmax."""
+    config, model = load_run_model(run_dir, checkpoint)
+    return build_inference_model(model, config)
+
+
+def load_run_model(run_dir, checkpoint=None):
+    """(config, model) of a finished run: its config.json and its `checkpoint` model (float images ->
+    logits), checked to take CIFAR images and give its data set's classes; InferenceError otherwise."""
     if checkpoint is not None and checkpoint not in CHECKPOINTS:
         raise InferenceError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}; got {checkpoint!r}")
     config = read_finished_run(run_dir)
@@ -154,6 +162,8 @@ def inference_model(run_dir, checkpoint=None):
                 if checkpoint == "best" and reported_checkpoint(config) == "last" else
                 ", which train.py keeps in such a finished run: the folder is damaged")
         raise InferenceError(f"{Path(run_dir)} has no {path.name}{hint}")
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise InferenceError(f"cannot load {path}: damaged or not a Keras model file (not a zip archive)")
     try:
         # compile=False: last.keras holds an optimizer whose schedule classes live in htd/.
         model = keras.saving.load_model(path, compile=False)
@@ -168,7 +178,7 @@ def inference_model(run_dir, checkpoint=None):
     if shapes != ((None, *data.IMAGE_SHAPE), (None, classes)):
         raise InferenceError(f"{path}: expected a model from (None, 32, 32, 3) images to (None, {classes}) logits "
                              f"(config.json: {settings.get('dataset', 'cifar10')}); got {shapes[0]} -> {shapes[1]}")
-    return build_inference_model(model, config)
+    return config, model
 
 
 def _shape(shape):

@@ -243,7 +243,7 @@ def _make(path, file=False):
     ("out_in_kaggle", "cannot write {tmp}/k/ens.json: it is inside the --kaggle-test-dir input {tmp}/k"),
     ("submission_in_kaggle", "cannot write {tmp}/k/s.csv: it is inside the --kaggle-test-dir input {tmp}/k"),
     ("out_in_data", "it is inside the --data-dir input"),
-    ("no_best", "has no best.keras (a run trained with --val-split 0"),
+    ("no_best", "has no best.keras, which train.py keeps in such a finished run: the folder is damaged"),
     ("bad_weights", "--weights must be accuracy, uniform or comma-separated numbers"),
     ("weight_count", "--weights 1,2,3 gives 3 weights for 2 run(s)"),
     ("no_metrics", "--weights accuracy needs each run's validation accuracy"),
