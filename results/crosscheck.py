@@ -247,6 +247,9 @@ def main(argv=None):
     saved = run / "config.json"
     if run.exists() and not run.is_dir():
         sys.exit(f"error: --run-dir {run} is a file, not a folder")
+    if run.is_dir() and not saved.is_file() and any(run.iterdir()):  # config.json is a run's first file
+        sys.exit(f"error: --run-dir {run} is not empty and holds no results.crosscheck run; give an empty or new "
+                 "folder")
     if saved.is_file():
         try:
             before = {k: json.loads(saved.read_text())["settings"].get(k) for k in CONFIG_KEYS}
@@ -308,7 +311,7 @@ def main(argv=None):
         print(f"resuming {run} after epoch {state['epoch']}", flush=True)
     else:
         run.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps({"settings": config, "command": "python -m results.crosscheck " + " ".join(argv), "torch": torch.__version__,
+        _write_atomic(saved, json.dumps({"settings": config, "command": "python -m results.crosscheck " + " ".join(argv), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": machine()}, indent=2) + "\n")
 
     n = len(x_train)
@@ -361,10 +364,17 @@ def main(argv=None):
                    epochs_completed=state["epoch"], train_images=n, val_images=len(x_val), test_images=len(x_test),
                    train_images_per_second=n * state["epoch"] / state["train"], wall_seconds=state["wall"],
                    precision="bfloat16 autocast" if args.bf16 else "float32", machine=machine())
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_atomic(run / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(f"val {state['best_val']:.4f} (epoch {state['best_epoch']}), test {test_acc:.4f}; "
           f"last epoch test {last_test_acc:.4f}", flush=True)
     return 0
+
+
+def _write_atomic(path, text):
+    """`text` as the file `path`, written under a temporary name and renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write_csv(path, rows):

@@ -136,6 +136,11 @@ def test_a_run_dir_that_is_a_file_or_holds_a_garbled_config_is_refused(tmp_path)
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit, match="is a file, not a folder"):
         crosscheck.main(["--run-dir", str(tmp_path / "file")])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="is not empty and holds no results.crosscheck run"):
+        crosscheck.main(["--run-dir", str(tmp_path / "other")])
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
     (tmp_path / "run").mkdir()
     for text in ("{", "{}", "[]"):
         (tmp_path / "run" / "config.json").write_text(text)
