@@ -672,13 +672,13 @@ def _refuse_writing_an_input(path, runs, args):
     inputs = [(r, "the run folder") for r in runs]
     inputs += [(Path(v).resolve(), f"the {flag} input") for flag, v in (
         ("--predict", args.predict), ("--kaggle-test-dir", args.kaggle_test_dir), ("--data-dir", args.data_dir)) if v]
-    target = path.resolve()
     for source, what in inputs:
-        if target == source:
+        if runfolder.input_holding(path, [source]) is None:
+            continue
+        if path.resolve() == source:
             raise EnsembleError(f"cannot write {path}: it is {what} itself; write it elsewhere")
-        if source in target.parents:
-            raise EnsembleError(f"cannot write {path}: it is inside {what} {source}, whose files it could "
-                                "replace; write it elsewhere")
+        raise EnsembleError(f"cannot write {path}: it is inside {what} {source}, whose files it could "
+                            "replace; write it elsewhere")
 
 
 def _run_owned(args, spec, out, submission):

@@ -174,19 +174,11 @@ def load_run_model(run_dir, checkpoint=None):
         classes = data.get_spec(settings.get("dataset", "cifar10")).num_classes(settings.get("labels", "fine"))
     except data.DataError as e:
         raise InferenceError(f"{Path(run_dir) / 'config.json'}: {e}") from None
-    shapes = (_shape(model.input_shape), _shape(model.output_shape))
+    shapes = (tuple(model.input_shape), tuple(model.output_shape))
     if shapes != ((None, *data.IMAGE_SHAPE), (None, classes)):
         raise InferenceError(f"{path}: expected a model from (None, 32, 32, 3) images to (None, {classes}) logits "
                              f"(config.json: {settings.get('dataset', 'cifar10')}); got {shapes[0]} -> {shapes[1]}")
     return config, model
-
-
-def _shape(shape):
-    """A model's input or output shape as a tuple; that of its one tensor where it is a list of one (best.keras's
-    outputs=[logits]); None where it is several."""
-    if isinstance(shape, list):
-        return tuple(shape[0]) if len(shape) == 1 else None
-    return tuple(shape)
 
 
 def save_inference_model(run_dir, checkpoint=None):
@@ -309,13 +301,13 @@ def run(args):
     if not args.out:
         raise InferenceError(f"--export {args.export} needs --out PATH")
     check_export(args.export, args.out)  # before the model is loaded
-    model = inference_model(run_dir, args.checkpoint)
+    checkpoint = args.checkpoint or reported_checkpoint(read_finished_run(run_dir))
+    model = inference_model(run_dir, checkpoint)
     try:
         with runlock.hold(args.out, "--out"):
             out = export(model, args.export, args.out)
     except runlock.Busy as e:
         raise InferenceError(str(e)) from None
-    checkpoint = args.checkpoint or reported_checkpoint(read_finished_run(run_dir))
     print(f"Wrote {out}: {args.export} of {run_dir / (checkpoint + '.keras')} with its preprocessing, "
           f"for {FORMATS[args.export][1]}; input uint8 (N, 32, 32, 3), output float32 probabilities")
     return 0

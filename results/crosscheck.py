@@ -26,6 +26,7 @@ row per implementation, precision and length: mean ± sample std over the row's 
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
@@ -371,19 +372,19 @@ def main(argv=None):
 
 
 def _write_atomic(path, text):
-    """`text` as the file `path`, written under a temporary name and renamed into place."""
+    """`text` as the file `path`, written under a temporary name and renamed into place (runfolder.write_atomic's
+    way; runfolder needs Keras, which the PyTorch venv this file runs in does not have)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def _write_csv(path, rows):
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, text.getvalue())
 
 
 def machine():

@@ -135,14 +135,16 @@ def split_main(argv):
     p.add_argument("--csv", help="also write the rows to this CSV file")
     a = p.parse_args(argv)
     if a.csv:
-        csv_problem = (f"--csv {a.csv} is a folder; give a file name" if Path(a.csv).is_dir() else
-                       f"cannot write --csv {a.csv}: folder {Path(a.csv).parent} does not exist"
-                       if not Path(a.csv).parent.is_dir() else None)
         holding = runfolder.input_holding(a.csv, a.run_dirs)
+        problem = None
         if holding is not None:
-            csv_problem = f"--csv {a.csv} is in the run folder {holding}, whose files it could replace"
-        if csv_problem:
-            print(f"error: {csv_problem}", file=sys.stderr)
+            problem = f"--csv {a.csv} is in the run folder {holding}, whose files it could replace"
+        elif Path(a.csv).is_dir():
+            problem = f"--csv {a.csv} is a folder; give a file name"
+        elif not Path(a.csv).parent.is_dir():
+            problem = f"cannot write --csv {a.csv}: folder {Path(a.csv).parent} does not exist"
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             return 2
     try:
         rows = split_rows(a.run_dirs, data.load_cifar10(a.data_dir))
