@@ -163,9 +163,10 @@ def headline(rows, link):
     for r in rows:
         if r["status"] == "finished":
             runs = f"{r['runs']} run{'s' * (r['runs'] > 1)}"
-            precision = "" if r["precision"] == "float32" else f", {r['precision']}"  # float32 unless said
+            if r["precision"] != "float32":  # float32 unless said
+                runs += f", {_cell(r['precision'])}"
             lines.append(f"| {_cell(table.label(r))} | {r['epochs']} | "
-                         f"{accuracy(r['test_accuracy_mean'], r['test_accuracy_std'])} ({runs}{_cell(precision)}) | "
+                         f"{accuracy(r['test_accuracy_mean'], r['test_accuracy_std'])} ({runs}) | "
                          f"{duration(r['wall_seconds_mean'])} | {_cell(r['machine'])} |")
         else:
             lines.append(f"| {r['model']} | {r['epochs']} | not yet run | CPU: {_cell(_estimate(r, 'cpu'))}; "

@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -444,6 +445,8 @@ def test_the_repository_readme_block_is_regenerated_and_nothing_else(built, tmp_
     assert text.count("not yet run") == sum(r["status"] == "not yet run" for r in rows)
     measured = [line for line in text.splitlines() if line.startswith("| lenet") and "not yet run" not in line]
     assert len(measured) == sum(r["status"] == "finished" for r in rows) > 0
+    # The tiny runs are float32, which the headline leaves unsaid: "(2 runs)", nothing after it.
+    assert all(re.search(r"\| [0-9.]+( ± [0-9.]+)? \([0-9]+ runs?\) \|", line) for line in measured), measured
     readme.write_text("# No markers\n")
     assert cli.main(["build", "--out", str(out)]) == 0
     assert readme.read_text() == "# No markers\n"
