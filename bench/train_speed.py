@@ -34,6 +34,12 @@ import settings
 from errors import TrainError
 
 
+# The most images a measurement cuts its batches from, (warmup + steps) * batch: five epochs of
+# CIFAR-10's training set. The precomputed batches hold ~33 KB of float32 per image, so this is
+# ~8 GB of the 24 GiB machines; past it the images alone would not fit.
+MAX_IMAGES = 250_000
+
+
 class StepClock(keras.callbacks.Callback):
     """(step index, time) at the end of each execution: every step, or every k with steps_per_execution=k."""
 
@@ -74,6 +80,10 @@ def prepare(model_name, batch, steps, warmup, seed=0, mixed_precision=False, dat
         raise SystemExit(f"error: {e}") from None
     k = plan.steps_per_execution
     warmup, steps = -(-warmup // k) * k, -(-steps // k) * k
+    if (warmup + steps) * batch > MAX_IMAGES:
+        raise SystemExit(f"error: {warmup} + {steps} steps (whole executions of {k}) of batch {batch} are "
+                         f"{(warmup + steps) * batch:,} images, more than the {MAX_IMAGES:,} a measurement holds "
+                         "in memory; lower --steps or --batch")
     images, labels, what = images_and_labels((warmup + steps) * batch, seed, data_dir)
     with execution.scope(plan):
         model = execution.build_model(s, plan, steps_per_epoch=warmup + steps)

@@ -111,6 +111,23 @@ def test_train_speed_trains_on_the_real_sets_first_images_in_order(tiny_cifar, t
     assert "\n" not in str(e.value)
 
 
+def test_a_measurement_too_big_for_memory_is_refused_before_anything_is_made(capsys, monkeypatch):
+    from results import __main__ as results_cli
+    for argv in (["--model", "lenet", "--batch", "10000000", "--steps", "2"],
+                 ["--model", "lenet", "--batch", "128", "--steps", "100000"]):
+        with pytest.raises(SystemExit) as e:
+            train_speed.main(argv)
+        assert "images, more than the 250,000" in str(e.value) and "\n" not in str(e.value)
+    capsys.readouterr()
+    assert results_cli.main(["throughput", "--models", "lenet", "--batch", "10000000", "--steps", "2"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "more than the 250,000" in err and "\n" not in err and "Traceback" not in err
+    monkeypatch.setattr(train_speed, "MAX_IMAGES", 24)  # the bound itself is allowed
+    assert train_speed.prepare("lenet", batch=8, steps=2, warmup=1, steps_per_execution=1)[2]["steps_timed"] == 2
+    with pytest.raises(SystemExit, match="1 \\+ 3 steps .* are 32 images, more than the 24"):
+        train_speed.prepare("lenet", batch=8, steps=3, warmup=1, steps_per_execution=1)
+
+
 def test_benchmarks_refuse_what_needs_tensorflow_on_another_backend(monkeypatch):
     monkeypatch.setattr(train_speed.keras.backend, "backend", lambda: "jax")
     monkeypatch.setattr(distribute, "BACKEND", "torch")  # the loop's own refusals, before any device is touched
