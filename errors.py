@@ -1,4 +1,8 @@
-"""The errors of a training a user can fix; the command lines print them as one line."""
+"""The errors of a training a user can fix, which the command lines print as one line, and how a
+command that drives child processes ends on Ctrl-C (run_child)."""
+
+import signal
+import subprocess
 
 
 class TrainError(Exception):
@@ -20,3 +24,30 @@ SERIES_OWNER_FILE = "series.json"
 def why(error):
     """`error` as "Type: message" (or its type alone), for an error line that names its cause."""
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+# A child's exit status for "stopped by Ctrl-C" (what a shell gives 128 + SIGINT); see run_child.
+INTERRUPTED = 130
+
+
+def run_child(command, env=None, grace_seconds=10.0):
+    """Runs `command`, a process of this repository's that exits INTERRUPTED on Ctrl-C without a
+    word, and returns its exit status; a child interrupted so raises KeyboardInterrupt here, once.
+
+    Ctrl-C at a terminal interrupts the child as well; where only this process was interrupted, the
+    child is sent SIGINT after `grace_seconds`. Either way it is waited for, so the files it is
+    writing are left whole and the caller prints the one line that says what is kept.
+    """
+    with subprocess.Popen(command, env=env) as child:
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            try:
+                child.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                child.send_signal(signal.SIGINT)
+                child.wait()
+            raise
+    if code in (INTERRUPTED, -signal.SIGINT):
+        raise KeyboardInterrupt
+    return code

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import runlock
-from errors import SERIES_INTERRUPTED, SERIES_OWNER_FILE
+from errors import INTERRUPTED, SERIES_INTERRUPTED, SERIES_OWNER_FILE
 from results import runs, throughput
 from results.runs import ResultsError
 
@@ -44,6 +44,7 @@ def build_parser():
     t.add_argument("--batch", type=int, help="default: each model's recipe batch")
     t.add_argument("--steps", type=int, default=100, help="timed steps (rounded up to whole executions)")
     t.add_argument("--warmup", type=int, default=5, help="steps before those, not timed")
+    t.add_argument("--in-list", action="store_true", help=argparse.SUPPRESS)  # one model of a list's (throughput.run)
     return p
 
 
@@ -171,10 +172,22 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
     except OSError as e:
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-    except KeyboardInterrupt:  # zoo trains; each run resumes from its folder
-        print(f"\n{SERIES_INTERRUPTED}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:
+        if args.command == "throughput" and args.in_list:  # the list's process says it (errors.run_child)
+            return INTERRUPTED
+        print(f"\n{interrupted(args)}", file=sys.stderr)
+        return INTERRUPTED
     return 2
+
+
+def interrupted(args):
+    """The line a command prints on Ctrl-C: what it kept and how to go on."""
+    if args.command == "zoo":  # each run resumes from its folder
+        return SERIES_INTERRUPTED
+    if args.command == "throughput":
+        return (f"interrupted; {args.out} keeps the rows written before (each model's row is written when it "
+                "is measured): run the command again with the models not yet measured")
+    return f"interrupted; {args.out} keeps whole files: run the same command again to finish the build"
 
 
 if __name__ == "__main__":

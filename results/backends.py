@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import series
-from errors import TrainError
+from errors import INTERRUPTED, SERIES_INTERRUPTED, TrainError, run_child
 
 BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "mixed")
@@ -68,6 +67,30 @@ def table(rows, model):
     return "\n".join(lines) + "\n"
 
 
+def train_each_backend(a):
+    """Each backend's runs, trained (or read back) in a child process of its own: {variant: [(run, metrics)]},
+    or None where a child stopped with an error that it or this function has printed in one line."""
+    results = {}
+    for backend in a.backends:
+        command = [sys.executable, "-m", "results.backends", "--here", "--out", a.out, "--model", a.model,
+                   "--epochs", str(a.epochs), "--seeds", *map(str, a.seeds), "--precisions", *a.precisions,
+                   *(["--data-dir", a.data_dir] if a.data_dir else []),
+                   *(["--val-split", str(a.val_split)] if a.val_split is not None else []),
+                   *(["--batch-size", str(a.batch_size)] if a.batch_size is not None else [])]
+        code = run_child(command, env={**os.environ, "KERAS_BACKEND": backend})
+        if code == 2:  # the child has said why, in one line, and kept its committed epochs
+            return None
+        if code:
+            print(f"error: the {backend} runs stopped (exit status {code}); their folders keep every "
+                  "committed epoch: run the same command again to continue", file=sys.stderr)
+            return None
+        for precision in a.precisions:
+            name = variant(backend, precision)
+            runs = [series.run_dir(a.out, name, seed) for seed in a.seeds]
+            results[name] = [(run, json.loads((run / "metrics.json").read_text())) for run in runs]
+    return results
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", help="as train.py's --data-dir")
@@ -88,6 +111,8 @@ def main(argv=None):
         except TrainError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # the parent says what is kept (errors.run_child)
+            return INTERRUPTED
         return 0
     import models
 
@@ -97,24 +122,13 @@ def main(argv=None):
         p.error(str(e))
     if a.epochs < 1 or len(set(a.seeds)) != len(a.seeds) or (Path(a.out).exists() and not Path(a.out).is_dir()):
         p.error("--epochs must be >= 1, --seeds without repeats, --out a folder")
-    results = {}
-    for backend in a.backends:
-        command = [sys.executable, "-m", "results.backends", "--here", "--out", a.out, "--model", a.model,
-                   "--epochs", str(a.epochs), "--seeds", *map(str, a.seeds), "--precisions", *a.precisions,
-                   *(["--data-dir", a.data_dir] if a.data_dir else []),
-                   *(["--val-split", str(a.val_split)] if a.val_split is not None else []),
-                   *(["--batch-size", str(a.batch_size)] if a.batch_size is not None else [])]
-        child = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend})
-        if child.returncode == 2:  # the child has said why, in one line, and kept its committed epochs
-            return 2
-        if child.returncode:
-            print(f"error: the {backend} runs stopped (exit status {child.returncode}); their folders keep every "
-                  "committed epoch: run the same command again to continue", file=sys.stderr)
-            return 2
-        for precision in a.precisions:
-            name = variant(backend, precision)
-            runs = [series.run_dir(a.out, name, seed) for seed in a.seeds]
-            results[name] = [(run, json.loads((run / "metrics.json").read_text())) for run in runs]
+    try:
+        results = train_each_backend(a)
+    except KeyboardInterrupt:
+        print(f"\n{SERIES_INTERRUPTED}", file=sys.stderr)
+        return INTERRUPTED
+    if results is None:
+        return 2
     summary = rows(results)
     try:
         series.write_report(a.out, summary, table(summary, a.model))

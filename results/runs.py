@@ -166,10 +166,12 @@ def variant_of(name, model):
 
 
 def copied_ids(runs_dir):
-    """{run_id: folder name} of the runs already copied into `runs_dir`."""
+    """{run_id: folder name} of the runs already copied into `runs_dir` (not the hidden folder of a copy
+    an interrupted build left unfinished: copy_small_files)."""
     if not runs_dir.is_dir():
         return {}
-    return {run_id(d / "config.json"): d.name for d in sorted(runs_dir.iterdir()) if (d / "config.json").is_file()}
+    return {run_id(d / "config.json"): d.name for d in sorted(runs_dir.iterdir())
+            if not d.name.startswith(".") and (d / "config.json").is_file()}
 
 
 def destination_name(run, runs_dir, taken):
@@ -205,16 +207,26 @@ def check_copy(run, dest):
 
 
 def copy_small_files(run, dest):
-    """config.json, history.csv and metrics.json of `run` into `dest` (check_copy has passed), nothing else."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if dest.resolve() == run.path.resolve():
+    """config.json, history.csv and metrics.json of `run` into `dest` (check_copy has passed), nothing else.
+
+    A new copy is made in a hidden folder beside `dest` and renamed into place, so an interrupted build
+    leaves no copy without its metrics.json (load_copied skips hidden folders); an existing copy has each
+    file replaced whole."""
+    if dest.is_dir() and dest.resolve() == run.path.resolve():
         return
+    target = dest
+    if not dest.is_dir():
+        target = dest.with_name(f".{dest.name}.tmp")
+        shutil.rmtree(target, ignore_errors=True)  # left by an interrupted build
+        target.mkdir(parents=True)
     for name in SMALL_FILES:
-        src, dst = run.path / name, dest / name
+        src, dst = run.path / name, target / name
         if src.is_file():
             tmp = dst.with_name(f".{name}.tmp")
             shutil.copyfile(src, tmp)
             tmp.replace(dst)
+    if target != dest:
+        target.rename(dest)
 
 
 def partial_entry(run, name):

@@ -10,11 +10,11 @@ import csv
 import importlib
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from errors import run_child
 from results.runs import ResultsError, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +107,10 @@ def run(names, out, batch=None, steps=100, warmup=5):
         failed = []
         for name in names:
             command = [sys.executable, "-m", "results", "throughput", "--models", name, "--steps", str(steps),
-                       "--warmup", str(warmup), "--out", str(out), *(["--batch", str(batch)] if batch else [])]
+                       "--warmup", str(warmup), "--out", str(out), "--in-list",
+                       *(["--batch", str(batch)] if batch else [])]
             path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-            code = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}).returncode
+            code = run_child(command, env={**os.environ, "PYTHONPATH": path})
             if code:
                 failed.append(f"{name} ({f'killed by signal {-code}' if code < 0 else f'exit status {code}'})")
         if failed:

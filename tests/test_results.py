@@ -399,6 +399,51 @@ def test_a_throughput_list_measures_each_model_apart_past_a_failing_one(tmp_path
     assert row["command"] == f"python -m results throughput --models lenet --batch 128 --steps 2 --warmup 1 --out {csv_path}"
 
 
+def interrupted_line(capsys, argv, starts):
+    """`python -m results ARGV` on Ctrl-C: exit 130 and one line, no traceback."""
+    assert cli.main(argv) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(starts), lines
+    return lines[0]
+
+
+def test_a_build_interrupted_mid_copy_leaves_no_copy_without_its_metrics(tiny_runs, tmp_path, capsys, monkeypatch):
+    real_copy = shutil.copyfile
+
+    def interrupted_at_metrics(src, dst):
+        if str(src).endswith("metrics.json"):
+            raise KeyboardInterrupt
+        return real_copy(src, dst)
+
+    out = tmp_path / "results"
+    monkeypatch.setattr(runs.shutil, "copyfile", interrupted_at_metrics)
+    line = interrupted_line(capsys, ["build", str(tiny_runs / "exp"), "--out", str(out)], "interrupted; ")
+    assert "run the same command again" in line
+    assert [d.name for d in (out / "runs").iterdir() if not d.name.startswith(".")] == []
+    monkeypatch.setattr(runs.shutil, "copyfile", real_copy)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["build", str(tiny_runs / "exp"), "--out", str(out)]) == 0
+    assert sorted(d.name for d in (out / "runs").iterdir()) == ["lenet-exp-seed0", "lenet-exp-seed1"]  # no hidden copy
+
+
+def test_ctrl_c_in_a_throughput_list_says_what_is_kept(tmp_path, capsys, monkeypatch):
+    def interrupted(command, env=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(throughput, "run_child", interrupted)
+    csv_path = tmp_path / "throughput.csv"
+    line = interrupted_line(capsys, ["throughput", "--models", "lenet", "resnet20", "--out", str(csv_path)],
+                            f"interrupted; {csv_path} keeps the rows written before")
+    assert "models not yet measured" in line
+
+    def measure_interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(throughput, "measure", measure_interrupted)  # one model of the list: its parent says it
+    assert cli.main(["throughput", "--models", "lenet", "--out", str(csv_path), "--in-list"]) == 130
+    assert capsys.readouterr().err == "" and not csv_path.exists()
+
+
 def test_a_second_build_into_the_same_folder_is_refused_while_one_runs(built, tmp_path, capsys):
     import os
 
@@ -565,6 +610,27 @@ def test_the_backend_comparison_refuses_bad_flags_before_any_backend_starts(flag
         backends.main(["--out", str(tmp_path / "out"), *flags])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err.splitlines()[-1] and not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_in_the_backend_comparison_says_how_to_resume_once(tmp_path, capsys, monkeypatch):
+    """The parent prints errors.SERIES_INTERRUPTED once; a child interrupted so (--here) says nothing."""
+    import errors
+    from results import backends
+
+    def interrupted(command, env=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backends, "run_child", interrupted)
+    assert backends.main(["--out", str(tmp_path / "out"), "--epochs", "1"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == [errors.SERIES_INTERRUPTED]
+
+    def train_interrupted(a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backends, "train_here", train_interrupted)
+    assert backends.main(["--here", "--out", str(tmp_path / "out"), "--epochs", "1"]) == 130
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("folder", ["backends", "precision/lenet", "precision/resnet20"])

@@ -3,7 +3,12 @@ folder is checked before the first run trains, and a series without a validation
 none rather than NaN."""
 
 import json
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 
 import pytest
 
@@ -122,6 +127,40 @@ def test_ctrl_c_in_a_series_says_how_to_resume_and_the_rerun_keeps_the_finished_
     monkeypatch.setattr(loop, "train", real_train)
     assert command(tiny_cifar[0], out) == 0
     assert capsys.readouterr().out.count("already finished") == 1  # the first run, read back
+
+
+CHILD = ("import signal, sys, time\n"
+         "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
+         "open(sys.argv[1], 'w').close()\n"
+         "time.sleep(60)\n")
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_run_child_returns_the_childs_exit_status(code):
+    assert errors.run_child([sys.executable, "-c", f"import sys; sys.exit({code})"]) == code
+
+
+def test_a_child_interrupted_by_ctrl_c_raises_keyboard_interrupt_in_its_parent():
+    with pytest.raises(KeyboardInterrupt):
+        errors.run_child([sys.executable, "-c", f"import sys; sys.exit({errors.INTERRUPTED})"])
+
+
+def test_a_parent_interrupted_alone_waits_for_its_child_then_passes_ctrl_c_on(tmp_path):
+    """Ctrl-C sent to the parent only (a terminal sends it to both): the child is sent SIGINT after the
+    grace time, is waited for, and the parent raises KeyboardInterrupt."""
+    started = tmp_path / "started"
+
+    def interrupt_the_parent_once_the_child_runs():
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_the_parent_once_the_child_runs, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        errors.run_child([sys.executable, "-c", CHILD, str(started)], grace_seconds=0.2)
+    assert started.exists() and time.monotonic() - t0 < 50  # not the child's 60 s sleep
 
 
 def test_an_out_folder_holds_one_commands_series_of_one_model(tiny_cifar, tmp_path, capsys):
