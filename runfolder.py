@@ -71,6 +71,19 @@ def write_atomic(path, text):
         raise
 
 
+def save_figure(fig, path, dpi=120):
+    """A matplotlib figure saved as `path` (its format from the suffix) as write_atomic writes text: a
+    failed or interrupted save leaves the old file and no temporary."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix[1:] or None)
+        _fsync_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def input_holding(path, inputs):
     """The first of the folders or files `inputs` that is `path` or holds it (resolved), or None: an output
     a command must not write, since it would replace one of the command's own inputs."""

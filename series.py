@@ -152,16 +152,7 @@ def write_report(out, rows, markdown):
 
 def save_figure(fig, path, dpi=120):
     """A matplotlib figure saved as `path` atomically (its format from the suffix); TrainError as write_report."""
-    path = Path(path)
-
-    def write(p):
-        tmp = p.with_name(f".{p.name}.tmp")
-        try:
-            fig.savefig(tmp, dpi=dpi, format=p.suffix[1:])
-            tmp.replace(p)
-        finally:
-            tmp.unlink(missing_ok=True)
-    _written(path, write)
+    _written(Path(path), lambda p: runfolder.save_figure(fig, p, dpi))
 
 
 def _written(path, write):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import data
+import runfolder
 import series
 import settings
 from errors import SERIES_INTERRUPTED, TrainError
@@ -142,7 +143,7 @@ def _plot(args, out):
                  f"{'epoch' if per_epoch else 'step'}")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=120)
+    runfolder.save_figure(fig, path)
     out.write(f"wrote {path}\n")
 
 
@@ -211,8 +212,8 @@ def main(argv=None):
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
-    except KeyboardInterrupt:  # only compare trains; a run resumes from its folder
-        print(f"\n{SERIES_INTERRUPTED}", file=sys.stderr)
+    except KeyboardInterrupt:  # compare trains, and each run resumes from its folder; a chart is saved whole or not at all
+        print(f"\n{SERIES_INTERRUPTED if args.command == 'compare' else 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

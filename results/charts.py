@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator  # noqa: E402
 
+import runfolder  # noqa: E402
 from results import table  # noqa: E402
 
 MARKERS = "os^DvP*X<>"
@@ -71,7 +72,7 @@ def accuracy_vs_time(groups, path):
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(groups))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runfolder.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -95,5 +96,5 @@ def curves(groups, path):
     if lines:
         _legend(ax, lines)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runfolder.save_figure(fig, path)
     plt.close(fig)

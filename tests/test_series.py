@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,23 @@ def test_htd_plot_writes_the_file_it_names(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
     assert htd_main(["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1", "--out", str(tmp_path / "lr")]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'lr.png'}\n" and (tmp_path / "lr.png").is_file()
+
+
+def test_a_chart_is_replaced_whole_or_not_at_all(tmp_path, capsys, monkeypatch):
+    """Every chart goes through runfolder.save_figure: a save that fails half-way (here, Ctrl-C after
+    the first bytes) leaves the old file as it was and no temporary beside it."""
+    path = tmp_path / "lr.png"
+    assert htd_main(["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1", "--out", str(path)]) == 0
+    before = path.read_bytes()
+
+    def interrupted(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", interrupted)
+    assert htd_main(["plot", "--schedules", "step", "--epochs", "10", "--lr", "0.1", "--out", str(path)]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["lr.png"]
 
 
 def _ablation(root, out):
