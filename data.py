@@ -635,6 +635,10 @@ def stratified_split(labels, val_count, seed):
     # Largest remainders take the images that flooring left over (ties to the lower class).
     for c in np.argsort(-(exact - quota), kind="stable")[: val_count - quota.sum()]:
         quota[c] += 1
+    emptied = np.flatnonzero((counts > 0) & (quota == counts))
+    if len(emptied):
+        raise ValueError(f"a validation split of {val_count} of {n} images leaves class {emptied[0]} with no training "
+                         f"image ({counts[emptied[0]]} in all); give a smaller --val-split")
     val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in enumerate(quota)])
     val = np.sort(val)
     train = np.setdiff1d(np.arange(n), val, assume_unique=True)

@@ -127,6 +127,10 @@ def read_finished_run(run_dir):
     config = _read_json(run / "config.json")
     normalisation(config)  # a run we cannot preprocess for is refused before anything is loaded
     epochs = config["settings"].get("epochs")
+    if not (run / "state.json").is_file() and (run / "metrics.json").is_file():
+        raise InferenceError(f"{run} holds a finished run's small files only (config.json, history.csv, "
+                             "metrics.json: a copy such as results/runs/ keeps), not its models; use the run "
+                             "folder it was trained in")
     state = _read_json(run / "state.json") if (run / "state.json").is_file() else {}
     done = state.get("epochs_completed", 0)
     if not isinstance(done, int) or not isinstance(epochs, int) or done < epochs:

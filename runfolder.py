@@ -190,6 +190,11 @@ class RunFolder:
         if not 1 <= done <= total_epochs or len(state["history"]) != done:
             raise DamagedRun(f"{where} is damaged ({done} epochs completed of {total_epochs}, "
                              f"{len(state['history'])} history rows); {_damaged_advice(self)}")
+        bad_row = next((i for i, row in enumerate(state["history"], start=1)
+                        if not isinstance(row, dict) or row.get("epoch") != i), None)
+        if bad_row is not None:
+            raise DamagedRun(f"{where} is damaged (history row {bad_row} is not epoch {bad_row}'s figures); "
+                             f"{_damaged_advice(self)}")
         best = state["best"]
         if best is not None and not (isinstance(best.get("checkpoint"), str) and isinstance(best.get("epoch"), int)
                                      and isinstance(best.get("val_accuracy"), (int, float))):

@@ -75,9 +75,9 @@ def main(argv=None, **hooks):
     if args.list_models:
         print("\n".join(models.list_models()))
         return 0
-    if args.describe:
+    if args.describe is not None:  # '' too: an empty pattern matches nothing, and must not start a training
         from models import describe
-        names = models.list_models(args.describe)
+        names = models.list_models(args.describe) if args.describe else []
         if not names:
             print(f"error: no model matches {args.describe!r}; see --list-models", file=sys.stderr)
             return 2

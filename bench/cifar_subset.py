@@ -34,7 +34,10 @@ def main(argv=None):
         p.error(f"{folder} exists; choose another --out")
     if ROOT in folder.resolve().parents:
         p.error("--out must be outside the repository (CIFAR-10 is never committed)")
-    d = data.load_cifar10(a.data_dir, allow_download=False)
+    try:
+        d = data.load_cifar10(a.data_dir, allow_download=False)
+    except data.DataError as e:
+        raise SystemExit(f"error: {e}") from None
     if len(d.x_train) != 5 * TRAIN_BATCH:
         p.error(f"{d.source} holds {len(d.x_train)} training images, not the official set's {5 * TRAIN_BATCH}")
     folder.mkdir(parents=True)

@@ -23,7 +23,10 @@ def main(argv=None):
         times = []
         for _ in range(2):
             start = time.perf_counter()
-            d = data.load_cifar10(a.data_dir, allow_download=False, verbose=False)
+            try:
+                d = data.load_cifar10(a.data_dir, allow_download=False, verbose=False)
+            except data.DataError as e:
+                raise SystemExit(f"error: {e}") from None
             times.append(time.perf_counter() - start)
     print(json.dumps({"source": d.source, "train_images": len(d.x_train), "test_images": len(d.x_test),
                       "first_load_s": round(times[0], 2), "second_load_s": round(times[1], 2)}))

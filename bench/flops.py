@@ -39,7 +39,13 @@ def main(argv=None):
                    "without it, only the FLOPs per image and the GEMM rate are printed")
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
-    train_flops = 6 * mult_adds(create_model(a.model))
+    if a.repeats < 1 or (a.img_per_s is not None and not a.img_per_s > 0):
+        p.error("--repeats must be >= 1 and --img-per-s > 0")
+    try:
+        model = create_model(a.model)
+    except ValueError as e:  # an unknown model: the registry's message names the known ones
+        p.error(str(e))
+    train_flops = 6 * mult_adds(model)
     peak, rates = gemm_gflops(repeats=a.repeats)
     out = {"model": a.model, "train_gflop_per_image": round(train_flops / 1e9, 4),
            "gemm_gflop_per_s_median": round(peak, 1), "gemm_runs": [round(r, 1) for r in rates]}

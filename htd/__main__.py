@@ -115,6 +115,8 @@ def _plot(args, out):
     path = Path(args.out)
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; give the chart's file name (e.g. {path / 'lr.png'})")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {path}: the folder {path.parent} does not exist")
     if not path.suffix:
         path = path.with_name(path.name + ".png")  # what matplotlib would write; said so below
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -52,8 +52,13 @@ class Run:
             return []
         try:
             with open(path, newline="") as f:
-                return [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
-                        for row in csv.DictReader(f)]
+                rows = list(csv.DictReader(f))
+            for line, row in enumerate(rows, start=2):
+                if None in row or None in row.values():
+                    raise ValueError(f"line {line} has {'more' if None in row else 'fewer'} fields than its header")
+                if row.get("epoch", "") == "":
+                    raise ValueError(f"line {line} has no epoch")
+            return [{k: float(v) if v != "" else None for k, v in row.items()} for row in rows]
         except (OSError, ValueError, csv.Error) as e:
             raise ResultsError(f"{path} is not a history.csv train.py wrote ({e})") from None
 

@@ -318,3 +318,17 @@ def test_batch_norm_speed_times_each_channel_count_and_precision(capsys):
     assert all(r["ms"] > 0 for r in results)
     assert "| channels | float32 ms | mixed_bfloat16 ms |" in lines
     assert any(line.startswith("| 16 | ") for line in lines)
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("bench.flops", ["--model", "lenet5", "--repeats", "1"]),
+    ("bench.data_load", ["--data-dir", "{empty}"]),
+    ("bench.cifar_subset", ["--data-dir", "{empty}", "--out", "{out}"])])
+def test_a_benchmark_refuses_bad_input_with_one_line(module, argv, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(empty=tmp_path / "empty", out=tmp_path / "out") for a in argv]
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(module).main(argv)
+    message = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code != 0 and "error: " in message and ("lenet5" in message or "no CIFAR-10 there" in message)
+    assert not (tmp_path / "out").exists()

@@ -581,6 +581,13 @@ def test_split_is_stratified_disjoint_and_seeded():
         data.stratified_split(labels, len(labels), seed=0)
 
 
+def test_a_split_that_leaves_a_class_without_training_images_is_refused():
+    labels = np.repeat(np.arange(10), 10)
+    assert len(data.stratified_split(labels, 90, seed=0)[0]) == 10  # one training image a class
+    with pytest.raises(ValueError, match=r"of 91 of 100 images leaves class \d with no training image"):
+        data.stratified_split(labels, 91, seed=0)
+
+
 def _batches(ds):
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
     return np.concatenate(xs), np.concatenate(ys)

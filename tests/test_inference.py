@@ -329,6 +329,7 @@ def _damaged(run):
     ("a_file", "{tmp}/image.png is a file, not a run folder"),
     ("not_a_run", "{tmp}/run holds no config.json"),
     ("unfinished", "{tmp}/run is not finished (1 of 2 epochs completed)"),
+    ("small_files_only", "{tmp}/run holds a finished run's small files only"),
     ("damaged", "cannot load {tmp}/run/best.keras: damaged or not a Keras model file"),
     ("no_best", "has no best.keras, which train.py keeps in such a finished run: the folder is damaged"),
     ("last_over_best", "{tmp}/run/inference.keras is the model of best.keras, whose test accuracy the run's "
@@ -343,7 +344,11 @@ def _damaged(run):
 ])
 def test_errors_are_one_line_with_exit_2_and_nothing_written(case, message, runs, tmp_path, capsys):
     run = tmp_path / "run"
-    if case not in ("missing", "not_a_run", "a_file"):
+    if case == "small_files_only":  # a copy such as results/runs/ keeps
+        run.mkdir()
+        for name in ("config.json", "history.csv", "metrics.json"):
+            shutil.copyfile(runs["standardize"] / name, run / name)
+    elif case not in ("missing", "not_a_run", "a_file"):
         shutil.copytree(runs["standardize"], run)
     {"not_a_run": lambda: run.mkdir(), "unfinished": lambda: _unfinished(run), "damaged": lambda: _damaged(run),
      "no_best": lambda: (run / "best.keras").unlink(), "other_classes": lambda: _other_dataset(run),

@@ -399,6 +399,30 @@ def test_a_throughput_list_measures_each_model_apart_past_a_failing_one(tmp_path
     assert row["command"] == f"python -m results throughput --models lenet --batch 128 --steps 2 --warmup 1 --out {csv_path}"
 
 
+def test_a_readme_no_build_wrote_is_never_replaced(tiny_runs, tmp_path, capsys):
+    from results import report
+
+    assert report.HEADER.startswith(cli.GENERATED)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("# My notes\n")
+    err = one_line_error(capsys, ["build", str(tiny_runs / "exp"), "--out", str(out)])
+    assert "holds a README.md that no build wrote" in err
+    assert (out / "README.md").read_text() == "# My notes\n" and sorted(p.name for p in out.iterdir()) == ["README.md"]
+
+
+@pytest.mark.parametrize("header, row, why", [
+    ("ep,accuracy", "1,0.5", "line 2 has no epoch"), ("epoch,accuracy", "1,0.5,oops", "line 2 has more fields"),
+    ("epoch,accuracy", "1", "line 2 has fewer fields")])
+def test_a_garbled_history_is_refused_before_it_is_copied(tiny_runs, tmp_path, capsys, header, row, why):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs / "exp" / "lenet-seed0", run)
+    (run / "history.csv").write_text(f"{header}\n{row}\n")
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["build", str(run), "--out", str(out)])
+    assert "is not a history.csv train.py wrote" in err and why in err and not (out / "runs").exists()
+
+
 def interrupted_line(capsys, argv, starts):
     """`python -m results ARGV` on Ctrl-C: exit 130 and one line, no traceback."""
     assert cli.main(argv) == 130

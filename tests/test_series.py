@@ -87,6 +87,9 @@ def test_without_a_validation_split_the_summary_says_so(tiny_cifar, tmp_path, ca
 def test_htd_plot_writes_the_file_it_names(tmp_path, capsys):
     assert htd_main(["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    assert htd_main(["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1",
+                     "--out", str(tmp_path / "none" / "lr.png")]) == 2
+    assert f"the folder {tmp_path / 'none'} does not exist" in capsys.readouterr().err
     assert htd_main(["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1", "--out", str(tmp_path / "lr")]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'lr.png'}\n" and (tmp_path / "lr.png").is_file()
 

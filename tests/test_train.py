@@ -275,6 +275,9 @@ def test_describe_prints_the_model_table(capsys):
     out = capsys.readouterr().out
     assert "| `resnet20` | 269,722 | 0.270M |" in out and "| 0.27M | He et al. 2016" in out
     assert train.main(["--describe", "nonet*"]) == 2
+    capsys.readouterr()
+    assert train.main(["--describe", ""]) == 2  # not ignored, which would start ResNet-20's 200 epochs
+    assert capsys.readouterr().err.startswith("error: no model matches ''")
 
 
 def test_weight_decay_is_the_papers_coupled_l2():
@@ -411,6 +414,10 @@ DAMAGE = {
     "state.json without history": (_state_edit(lambda s: s.pop("history")), "state.json is damaged (lacks 'history')"),
     "state.json with a bad count": (_state_edit(lambda s: s.update(epochs_completed=7)),
                                     "state.json is damaged (7 epochs completed of 2, 1 history rows)"),
+    "state.json with a history row not an object": (_state_edit(lambda s: s.update(history=[5])),
+                                                    "state.json is damaged (history row 1 is not epoch 1's figures)"),
+    "state.json with a history row of another epoch": (_state_edit(lambda s: s["history"][0].update(epoch=3)),
+                                                       "state.json is damaged (history row 1 is not epoch 1's"),
     "checkpoint deleted": (lambda run: (run / "checkpoints" / "epoch-0001.keras").unlink(),
                            "checkpoints/epoch-0001.keras, which"),
     "checkpoint outside its folder": (_state_edit(lambda s: s.update(checkpoint="../config.json")),
