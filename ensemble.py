@@ -38,6 +38,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import errors
+
+if __name__ == "__main__":
+    errors.quiet_ctrl_c_while_loading()
+
 import tfenv  # noqa: E402,F401  (first: TensorFlow reads its settings when it loads)
 
 import keras  # noqa: E402
@@ -749,4 +754,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    errors.ctrl_c_raises()
     sys.exit(main())

@@ -3,6 +3,7 @@ command that drives child processes ends on Ctrl-C (run_child)."""
 
 import signal
 import subprocess
+import sys
 
 
 class TrainError(Exception):
@@ -51,3 +52,22 @@ def run_child(command, env=None, grace_seconds=10.0):
     if code in (INTERRUPTED, -signal.SIGINT):
         raise KeyboardInterrupt
     return code
+
+
+def quiet_ctrl_c_while_loading():
+    """For a command's start, before its heavy imports (TensorFlow takes seconds): Ctrl-C there ends the
+    process with one line and exit INTERRUPTED, not a traceback from inside an import. ctrl_c_raises()
+    ends it. A process that ignores SIGINT (a background job of a script) keeps ignoring it."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+
+def _interrupted_while_loading(signum, frame):
+    print("\ninterrupted while loading; nothing was started", file=sys.stderr)
+    raise SystemExit(INTERRUPTED)
+
+
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt again, for the command's own handling (after its imports)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

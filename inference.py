@@ -35,6 +35,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import errors
+
+if __name__ == "__main__":
+    errors.quiet_ctrl_c_while_loading()
+
 import tfenv  # noqa: F401  (first: TensorFlow reads its settings when it loads)
 
 import keras  # noqa: E402
@@ -338,4 +343,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    errors.ctrl_c_raises()
     sys.exit(main())

@@ -12,14 +12,19 @@ import os
 import sys
 from pathlib import Path
 
-import data
-import execution
-import models
-import series
-from errors import TrainError
-from loop import train
-from runfolder import default_run_dir, write_atomic, write_json
-from settings import SETTINGS, add_arguments, check_schedule_flags, check_seeds, given, resolve_settings
+import errors
+
+if __name__ == "__main__":
+    errors.quiet_ctrl_c_while_loading()
+
+import data  # noqa: E402
+import execution  # noqa: E402
+import models  # noqa: E402
+import series  # noqa: E402
+from errors import TrainError  # noqa: E402
+from loop import train  # noqa: E402
+from runfolder import default_run_dir, write_atomic, write_json  # noqa: E402
+from settings import SETTINGS, add_arguments, check_schedule_flags, check_seeds, given, resolve_settings  # noqa: E402
 
 
 def _train_seeds(model, seeds, out, options, overrides):
@@ -131,4 +136,5 @@ def main(argv=None, **hooks):
 
 
 if __name__ == "__main__":
+    errors.ctrl_c_raises()
     sys.exit(main())

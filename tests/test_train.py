@@ -693,3 +693,16 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         runfolder.write_json(tmp_path / "target", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+@pytest.mark.parametrize("script", ["train.py", "ensemble.py", "inference.py"])
+def test_ctrl_c_while_a_command_loads_is_one_line_not_a_traceback(script, tmp_path):
+    """SIGINT to the process group (what Ctrl-C at a terminal sends) during TensorFlow's import, which
+    takes seconds; if it lands after the imports instead, the command's own handling gives the same."""
+    argv = ["--describe", "nonet*"] if script == "train.py" else [str(tmp_path / "nope")]  # no data, no network
+    proc = subprocess.Popen([sys.executable, script, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=os.environ.copy())
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and proc.returncode in (130, 2), err  # 2: it had loaded and refused its input
