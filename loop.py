@@ -56,25 +56,37 @@ def train(model="resnet20", *, run_dir=None, data_dir=None, loaded=None, verbose
                                 keras_batch_norm=keras_batch_norm, steps_per_execution=steps_per_execution,
                                 batches=batches, channel_padding=channel_padding)
     home = RunFolder(run_dir or default_run_dir(settings))
+    created = execution.placement.is_chief and not home.path.exists()
     with contextlib.ExitStack() as owned:
         if execution.placement.is_chief:  # only the chief writes the run folder, and it owns it while it runs
             home.create()
             owned.enter_context(hold(home.path, "--run-dir"))
-        finished = existing_run(home, settings)
-        if finished is not None:
-            print(f"{home.path} is already finished ({finished['epochs_completed']} epochs, test accuracy "
-                  f"{finished['test_accuracy']:.4f}); nothing to do. Use another --run-dir to train again.")
-            return finished
-        # Other workers of a cluster keep a temporary folder.
-        placement = execution.placement
-        run = home if placement.is_chief else worker_folder(home, placement.worker_index)
-        run.prepare()
         try:
-            with execution_.scope(execution):
-                return _run(run, settings, sources, execution, loaded, data_dir, verbose, command, callbacks, on_epoch)
-        finally:
-            if run is not home:
-                shutil.rmtree(run.path, ignore_errors=True)
+            return _train_in(home, settings, sources, execution, loaded, data_dir, verbose, command, callbacks,
+                             on_epoch)
+        except TrainError:
+            if created:  # a start refused (no data, say) leaves no empty folder behind; still under the lock
+                home.remove_if_unstarted()
+            raise
+
+
+def _train_in(home, settings, sources, execution, loaded, data_dir, verbose, command, callbacks, on_epoch):
+    """train() inside its folder `home` (held): a finished run read back, or _run."""
+    finished = existing_run(home, settings)
+    if finished is not None:
+        print(f"{home.path} is already finished ({finished['epochs_completed']} epochs, test accuracy "
+              f"{finished['test_accuracy']:.4f}); nothing to do. Use another --run-dir to train again.")
+        return finished
+    # Other workers of a cluster keep a temporary folder.
+    placement = execution.placement
+    run = home if placement.is_chief else worker_folder(home, placement.worker_index)
+    run.prepare()
+    try:
+        with execution_.scope(execution):
+            return _run(run, settings, sources, execution, loaded, data_dir, verbose, command, callbacks, on_epoch)
+    finally:
+        if run is not home:
+            shutil.rmtree(run.path, ignore_errors=True)
 
 
 def check_folder(model, run_dir, loaded, **overrides):

@@ -154,6 +154,17 @@ class RunFolder:
         except OSError as e:
             raise TrainError(f"cannot write to run folder {self.path}: {e.strerror or e}") from None
 
+    def remove_if_unstarted(self):
+        """Removes this folder where it holds nothing yet but an empty checkpoints/ and its lock (a start
+        refused before its first file); anything else in it is left."""
+        try:
+            names = {p.name for p in self.path.iterdir()}
+            empty = not self.ckpt_dir.is_dir() or not any(self.ckpt_dir.iterdir())
+        except OSError:
+            return
+        if names <= {self.ckpt_dir.name, runlock.lock_path(self.path).name} and empty:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def prepare(self):
         try:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -177,6 +177,19 @@ def test_data_not_found_exits_cleanly(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "CIFAR-10 not found; looked in: --data-dir (not given)" in lines[0]
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()  # the refused start leaves no empty run folder
+
+
+def test_a_refused_start_leaves_an_existing_folder_and_its_files(tmp_path, capsys):
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "notes.txt").write_text("mine")
+    assert train.main(["--model", "lenet", "--data-dir", str(tmp_path / "none"), "--run-dir", str(run)]) == 2
+    assert (run / "notes.txt").read_text() == "mine"
+    empty = tmp_path / "empty"  # created by the user before the command: kept too
+    empty.mkdir()
+    assert train.main(["--model", "lenet", "--data-dir", str(tmp_path / "none"), "--run-dir", str(empty)]) == 2
+    assert empty.is_dir()
 
 
 def test_nan_loss_stops_without_committing(tiny_cifar, tmp_path, capsys):
