@@ -1,5 +1,6 @@
 """The errors of a training a user can fix, which the command lines print as one line, and how a
-command that drives child processes ends on Ctrl-C (run_child)."""
+command ends on Ctrl-C: while it loads (quiet_ctrl_c_while_loading) and while it drives child
+processes (run_child)."""
 
 import signal
 import subprocess
