@@ -383,7 +383,7 @@ def test_plot_writes_png(tmp_path):
     (["show", "--schedule", "htd", "--epochs", "10", "--lr", "0.1", "--per", "batch"],
      "invalid choice: 'batch'"),
     (["plot", "--schedules", "htd", "--epochs", "10", "--lr", "0.1", "--out", "/no/such/dir/lr.png"],
-     "No such file or directory"),
+     "the folder /no/such/dir does not exist"),
     (["plot", "--epochs", "10", "--lr", "0.1", "--out", "x.png"], "required: --schedules"),
     ([], "required: COMMAND"),
 ])
