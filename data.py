@@ -65,13 +65,18 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 PREPROCESSING = ("standardize", "scale")  # (x - mean) / std, or x / 255
 # standard: pad 4 + random 32x32 crop + random flip (He et al. 2016); none; kaggle: the colour and
 # scale augmentation of the Kaggle MXNet/Gluon reference (random-resized crop of 64-100 % of the
-# area, flip, brightness and hue jitter). Cutout and mixup go on top of any of them.
-AUGMENTATIONS = ("standard", "none", "kaggle")
+# area, flip, brightness and hue jitter); shift: Keras 2's ImageDataGenerator(horizontal_flip=True,
+# width_shift_range=0.125, height_shift_range=0.125, fill_mode="constant", cval=0) as the Keras
+# reference scripts (BIGBALLON/cifar-10-cnn) apply it to standardised images: shifts drawn from a
+# continuous range, so bilinearly interpolated, and the border filled with 0 after preprocessing,
+# which is the mean colour. Cutout and mixup go on top of any of them.
+AUGMENTATIONS = ("standard", "none", "kaggle", "shift")
 KAGGLE_SCALE = (0.64, 1.0)   # area of the random-resized crop
 KAGGLE_RATIO = (3 / 4, 4 / 3)  # aspect ratio of the random-resized crop
 KAGGLE_BRIGHTNESS = 0.4      # brightness factor in [1 - b, 1 + b]
 KAGGLE_HUE = 0.05            # hue shift in [-h, h] turns
 PAD = 4
+SHIFT = 4.0  # "shift": the largest shift in pixels, 0.125 of the image's side
 
 CACHE_VERSION = 1
 
@@ -760,6 +765,43 @@ def kaggle_augment_batch(images, seed):
     return tf.image.hsv_to_rgb(hsv) * 255
 
 
+def shift_flip_batch(images, seed):
+    """The "shift" augmentation of a preprocessed float32 batch: every image moved by its own
+    (rows, columns) offsets drawn uniformly from -SHIFT..SHIFT pixels, bilinearly interpolated, 0
+    where the moved image leaves no pixel, and mirrored with probability 1/2."""
+    tf = _tf()
+    n, w = tf.shape(images)[0], images.shape[2]
+    offsets, flip = shift_flip_draws(n, seed)
+    return shift_and_flip(images, offsets, flip, w)
+
+
+def shift_flip_draws(n, seed):
+    """shift_flip_batch's random draws for `n` images: float32 (row, column) offsets [n, 2] in
+    -SHIFT..SHIFT, and whether each image is mirrored (bool [n])."""
+    tf = _tf()
+    offsets = tf.random.stateless_uniform([n, 2], seed, -SHIFT, SHIFT)
+    flip = tf.random.stateless_uniform([n], seed + 1) < 0.5
+    return offsets, flip
+
+
+def shift_and_flip(images, offsets, flip, width):
+    """`images` moved down and right by `offsets` (float32 [n, 2], rows then columns; negative moves
+    up or left), then mirrored where `flip`: output pixel (r, c) is the input sampled bilinearly at
+    (r - dr, c' - dc), c' being c or its mirror width - 1 - c; 0 outside the input."""
+    tf = _tf()
+    n = tf.shape(images)[0]
+    dr, dc = offsets[:, 0], offsets[:, 1]
+    sign = tf.where(flip, -1.0, 1.0)
+    zero, one = tf.zeros([n]), tf.ones([n])
+    # ImageProjectiveTransformV3 maps each output point (x, y) to the input point (a0 x + a1 y + a2,
+    # b0 x + b1 y + b2): here x' = sign * x + (width - 1 if mirrored) - dc, y' = y - dr.
+    a2 = tf.where(flip, float(width - 1), 0.0) - dc
+    transforms = tf.stack([sign, zero, a2, zero, one, -dr, zero, zero], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
 def cutout_batch(images, seed, size):
     """Zeroes one size x size square per image (DeVries & Taylor 2017), its centre uniform over the
     image so that part of the square may fall outside; applied to normalised images, as there."""
@@ -830,6 +872,8 @@ def make_dataset(images, labels, batch_size, *, preprocess_mode="standardize", a
         elif augment == "kaggle":
             batch = kaggle_augment_batch(batch, seeds[0])
         batch = preprocess(batch, preprocess_mode, dataset)
+        if augment == "shift":  # after preprocessing, as the reference fills its border with 0 there
+            batch = shift_flip_batch(batch, seeds[0])
         if flip:
             batch = tf.reverse(batch, axis=[2])
         if cutout:

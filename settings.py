@@ -65,7 +65,8 @@ SCHEMA = (
     Setting("lr_scaling", "linear", "linear (default): a recipe's lr scales with --batch-size / the recipe's batch; "
             "an --lr given is used as is", dict(choices=LR_SCALING)),
     Setting("preprocess", "standardize", argparse=dict(choices=data.PREPROCESSING)),
-    Setting("augment", "standard", "standard: pad-4 crop + flip; kaggle: random-resized crop, flip, brightness, hue",
+    Setting("augment", "standard", "standard: pad-4 crop + flip; kaggle: random-resized crop, flip, brightness, hue; "
+            "shift: flip + continuous shifts up to 4 px, border 0 after preprocessing (Keras 2's ImageDataGenerator)",
             dict(choices=data.AUGMENTATIONS)),
     Setting("cutout", 0, "cutout square side (DeVries & Taylor: 16 for CIFAR-10; 0 = off)", dict(type=int)),
     Setting("mixup", 0.0, "mixup alpha (Zhang et al.; 0 = off)", dict(type=float)),

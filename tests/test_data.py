@@ -640,6 +640,63 @@ def test_crop_and_flip_matches_slicing_the_padded_image_for_every_offset_and_fli
         np.testing.assert_array_equal(out.numpy(), expected.astype(np.float32))
 
 
+def _bilinear_shift(image, dr, dc, flip):
+    """The "shift" augmentation of one image, written out: output pixel (r, c) samples the input at
+    (r - dr, c' - dc), c' = c or its mirror, bilinearly, reading 0 outside the image."""
+    h, w, _ = image.shape
+    out = np.zeros_like(image)
+    for r in range(h):
+        for c in range(w):
+            y, x = r - dr, (w - 1 - c if flip else c) - dc
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+                    if 0 <= yy < h and 0 <= xx < w:
+                        out[r, c] += wy * wx * image[yy, xx]
+    return out
+
+
+# shift_and_flip against the loops above: float32 interpolation weights summed in another order, so
+# a few float32 ulps of values of order 1; a wrong offset, direction, mirror or border is off by far more.
+SHIFT_ATOL = 1e-5
+
+
+def test_shift_and_flip_is_a_bilinear_move_with_a_zero_border():
+    """Whole, fractional and edge offsets, each direction, plain and mirrored, eagerly and traced."""
+    import tensorflow as tf
+    images = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype(np.float32)
+    offsets = np.array([[0, 0], [1, -2], [-3.5, 2.25], [0.3, -0.7], [4, 4], [-4, -4], [-1, 0.5], [2.5, 0]],
+                       np.float32)
+    flip = np.array([False, True, False, True, True, False, True, False])
+    expected = np.stack([_bilinear_shift(images[i], *offsets[i], flip[i]) for i in range(len(images))])
+    for shift_and_flip in (data.shift_and_flip, tf.function(data.shift_and_flip)):
+        out = shift_and_flip(tf.constant(images), tf.constant(offsets), tf.constant(flip), 8).numpy()
+        np.testing.assert_allclose(out, expected, rtol=0, atol=SHIFT_ATOL)
+    np.testing.assert_array_equal(expected[0], images[0])  # the loops themselves: no move is the image
+    np.testing.assert_array_equal(expected[4][:4], 0 * images[4][:4])  # moved down 4: the top 4 rows are border
+
+
+def test_shift_augmentation_in_the_pipeline(tiny_cifar):
+    """The pipeline's "shift" batches are shift_and_flip of the standardised images with its own draws;
+    the draws cover -SHIFT..SHIFT in both axes and mirror about half of the images."""
+    import tensorflow as tf
+    _, (x, y, _, _) = tiny_cifar
+    aug, onehot = _batches(data.make_dataset(x, y, 200, augment="shift"))
+    np.testing.assert_array_equal(onehot.argmax(1), y)
+    seed = data.batch_seeds(tf.constant([0, 0], tf.int64), tf.constant(0, tf.int64))[0]
+    offsets, flip = data.shift_flip_draws(len(x), seed)
+    standardised = data.preprocess(tf.constant(x), "standardize")
+    expected = data.shift_and_flip(standardised, offsets, flip, 32).numpy()
+    np.testing.assert_allclose(aug, expected, rtol=0, atol=SHIFT_ATOL)
+    offsets, flip = offsets.numpy(), flip.numpy()
+    assert offsets.min() >= -data.SHIFT and offsets.max() <= data.SHIFT
+    assert (offsets < -2).any(axis=0).all() and (offsets > 2).any(axis=0).all()
+    assert 60 < flip.sum() < 140
+    # the border is 0 after standardisation (the mean colour), not black
+    moved_down = offsets[:, 0] > 1
+    np.testing.assert_array_equal(aug[moved_down, 0], 0)
+
+
 # How far apart two float32 standardisations of the same pixels may come out when different graphs
 # compute them. Each side rounds its three steps (/ 255, - mean, / std) to float32, but which kernels
 # run them, and how, is TensorFlow's graph optimiser's and oneDNN's choice, made per graph and per
@@ -744,7 +801,7 @@ def test_pipeline_rejects_unknown_modes(tiny_cifar):
 
 
 @pytest.mark.parametrize("option, message", [
-    (dict(augment="cutmix"), "augment must be one of standard, none, kaggle; got 'cutmix'"),
+    (dict(augment="cutmix"), "augment must be one of standard, none, kaggle, shift; got 'cutmix'"),
     (dict(preprocess_mode="zca"), "preprocess must be one of standardize, scale; got 'zca'"),
     (dict(cutout=33), r"cutout must be a square side from 0 \(off\) to 32; got 33"),
     (dict(cutout=True), r"cutout must be a square side from 0 \(off\) to 32; got True"),

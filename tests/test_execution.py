@@ -18,7 +18,7 @@ def test_where_the_batches_are_computed():
     assert execution.choose_batches("auto", settings, gpu) == "streamed"  # the pipeline hides behind a GPU's step
     assert execution.choose_batches("auto", settings, two) == "streamed"
     assert execution.choose_batches("auto", {**settings, "augment": "none"}, cpu) == "precomputed"
-    for other in ({"augment": "kaggle"}, {"cutout": 16}, {"mixup": 0.2}):  # computed per batch only
+    for other in ({"augment": "kaggle"}, {"augment": "shift"}, {"cutout": 16}, {"mixup": 0.2}):  # per batch only
         assert execution.choose_batches("auto", {**settings, **other}, cpu) == "streamed"
         with pytest.raises(TrainError, match="use --batches streamed"):
             execution.choose_batches("precomputed", {**settings, **other}, cpu)
@@ -39,8 +39,9 @@ def test_other_backends_and_numpy_batches_take_the_numpy_pipeline():
         for batches in ("precomputed", "streamed"):
             with pytest.raises(TrainError, match=f"--batches {batches} is a tf.data pipeline; on {backend} the batches"):
                 execution.choose_batches(batches, settings, cpu, backend)
-        with pytest.raises(TrainError, match="--augment kaggle uses TensorFlow's image ops; the numpy pipeline"):
-            execution.choose_batches("auto", {**settings, "augment": "kaggle"}, cpu, backend)
+        for augment in ("kaggle", "shift"):
+            with pytest.raises(TrainError, match=f"--augment {augment} uses TensorFlow's image ops; the numpy pipeline"):
+                execution.choose_batches("auto", {**settings, "augment": augment}, cpu, backend)
     assert execution.choose_batches("numpy", settings, cpu, "tensorflow") == "numpy"  # TensorFlow takes it too
 
 

@@ -79,11 +79,12 @@ def test_end_to_end_writes_every_file(tiny_cifar, tmp_path, capsys):
     assert probe.returncode == 0 and probe.stdout.strip() == "lenet", probe.stderr[-2000:]
 
 
-def test_learns_the_tiny_set(tiny_cifar, tmp_path):
+@pytest.mark.parametrize("augment", ["standard", "shift"])
+def test_learns_the_tiny_set(augment, tiny_cifar, tmp_path):
     """Colour tells the class in the tiny set: a working loop gets far above chance (0.1)."""
     root, _ = tiny_cifar
     metrics = loop.train("lenet", loaded=data.load_cifar10(root, verbose=False), run_dir=tmp_path / "r",
-                          epochs=6, val_split=40, batch_size=16, verbose=0)
+                          epochs=6, val_split=40, batch_size=16, verbose=0, augment=augment)
     assert metrics["val_accuracy"] > 0.5
     assert metrics["test_accuracy"] > 0.5
 
