@@ -21,6 +21,9 @@ def test_base_really_has_none_of_the_tricks():
     assert settings["preprocess"] == "scale" and settings["augment"] == "none" and settings["weight_decay"] == 0
     full, _ = resolve_settings("lenet", **ablation.variant_overrides("dp_da_wd"))
     assert full["preprocess"] == "standardize" and full["augment"] == "standard" and full["weight_decay"] == 1e-4
+    reference, _ = resolve_settings("lenet", **ablation.variant_overrides("dp_da_shift_wd"))
+    assert reference["augment"] == "shift" and reference["weight_decay"] == 2e-4
+    assert reference["preprocess"] == "standardize"
     with pytest.raises(ValueError, match="unknown variant 'bn'"):
         ablation.variant_overrides("bn")
 
@@ -34,7 +37,7 @@ def test_series_writes_reports_and_resumes(tiny_cifar, tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == list(ablation.VARIANTS)
+    assert [r["variant"] for r in rows] == list(ablation.DEFAULT_VARIANTS)
     assert all(r["runs"] == "1" and r["epochs"] == "1" for r in rows)
     assert (tmp_path / "results.md").read_text().count("\n") == 2 + len(rows)
     checkpoints = sorted((tmp_path / "runs").glob("*/last.keras"))
