@@ -165,13 +165,16 @@ def headline(rows, link):
             runs = f"{r['runs']} run{'s' * (r['runs'] > 1)}"
             if r["precision"] != "float32":  # float32 unless said
                 runs += f", {_cell(r['precision'])}"
+            if r["val_accuracy_mean"] is None:  # nothing held out to choose by: the runs' last epochs
+                runs += ", last epoch: no validation split"
             lines.append(f"| {_cell(table.label(r))} | {r['epochs']} | "
                          f"{accuracy(r['test_accuracy_mean'], r['test_accuracy_std'])} ({runs}) | "
                          f"{duration(r['wall_seconds_mean'])} | {_cell(r['machine'])} |")
         else:
             lines.append(f"| {r['model']} | {r['epochs']} | not yet run | CPU: {_cell(_estimate(r, 'cpu'))}; "
                          f"one GPU: {_cell(_estimate(r, 'gpu'))} | |")
-    return (f"Test accuracy on CIFAR-10 of the epoch the validation split chose, mean ± std over runs, "
+    return (f"Test accuracy on CIFAR-10 of the epoch the validation split chose (the last epoch where a row says "
+            f"it had no validation split), mean ± std over runs, "
             f"float32 unless said, measured by this repository ([all columns, commands and logs]({link})):\n\n"
             + _table(["model", "epochs", "test acc %", "wall time per run (estimated where not run)", "machine"],
                      lines))

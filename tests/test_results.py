@@ -521,6 +521,17 @@ def test_the_repository_readme_block_is_regenerated_and_nothing_else(built, tmp_
     assert readme.read_text() == "# No markers\n"
 
 
+def test_the_headline_says_which_rows_had_no_validation_split_to_choose_by():
+    from results import report
+    row = dict(status="finished", model="lenet", variant="tricks-dp_da", epochs=200, runs=2, precision="float32",
+               val_accuracy_mean=72.0, val_accuracy_std=0.3, test_accuracy_mean=72.28, test_accuracy_std=0.92,
+               wall_seconds_mean=1000.0, machine="a CPU")
+    chosen, last = report.headline([row, {**row, "val_accuracy_mean": None, "val_accuracy_std": None}],
+                                   "results/README.md").splitlines()[-2:]
+    assert "| 72.28 ± 0.92 (2 runs) |" in chosen
+    assert "| 72.28 ± 0.92 (2 runs, last epoch: no validation split) |" in last
+
+
 def test_the_committed_table_is_what_its_committed_runs_give(tmp_path):
     """results/ as committed regenerates to itself: nobody edited a figure by hand."""
     committed = ROOT / "results"
