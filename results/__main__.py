@@ -48,6 +48,9 @@ def build_parser():
     t.add_argument("--batch", type=int, help="default: each model's recipe batch")
     t.add_argument("--steps", type=int, default=100, help="timed steps (rounded up to whole executions)")
     t.add_argument("--warmup", type=int, default=5, help="steps before those, not timed")
+    t.add_argument("--steps-per-execution", type=int, metavar="K",
+                   help="training steps per call into TensorFlow (default: train.py's); 1 for models whose "
+                        "step takes minutes, where the default's whole executions would be hours")
     t.add_argument("--in-list", action="store_true", help=argparse.SUPPRESS)  # one model of a list's (throughput.run)
     return p
 
@@ -122,11 +125,13 @@ def measure_throughput(args):
             models.get_entry(name)
         except ValueError as e:
             raise ResultsError(str(e)) from None
-    if args.steps < 2 or args.warmup < 1 or (args.batch is not None and args.batch < 1):
-        raise ResultsError("--steps must be >= 2, --warmup and --batch >= 1")
+    if (args.steps < 2 or args.warmup < 1 or (args.batch is not None and args.batch < 1)
+            or (args.steps_per_execution is not None and args.steps_per_execution < 1)):
+        raise ResultsError("--steps must be >= 2, --warmup, --batch and --steps-per-execution >= 1")
     if Path(args.out).is_dir():
         raise ResultsError(f"--out {args.out} is a folder; give the CSV file's name (default results/throughput.csv)")
-    throughput.run(args.models, args.out, batch=args.batch, steps=args.steps, warmup=args.warmup)
+    throughput.run(args.models, args.out, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                   steps_per_execution=args.steps_per_execution)
     return 0
 
 

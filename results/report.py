@@ -45,10 +45,12 @@ Registered models with no finished run, with their reference recipe's training t
 machine (`throughput.csv`, written by `python -m results throughput --models NAME ...`, which times
 train.py's own training step with `bench/train_speed.py`). It counts training steps only;
 validation, the batches' preparation and the final evaluation add to it. "not measured": no
-measurement of that model on that kind of machine; on the 2-core CPUs the largest DenseNets run
-out of 24 GiB at their batch and the ResNeXts' grouped convolutions train at about 1.5 images/s
-(`BENCHMARKS.md`, "The biggest models on 24 GiB" and "Grouped convolution"). The GPU column fills
-in when `python -m results throughput` runs on a machine whose TensorFlow sees a GPU.
+measurement of that model on that kind of machine. A figure measured at another batch than the
+recipe's says so: on the 2-core CPUs (24 GiB) DenseNet-BC-190-40 and DenseNet-BC-250-24 are killed
+for memory at their batch of 64 (`BENCHMARKS.md`, "The biggest models on 24 GiB"). Models whose
+step takes minutes (the ResNeXts' grouped convolutions, `BENCHMARKS.md`, "Grouped convolution")
+are timed one step per call (`--steps-per-execution 1`). The GPU column fills in when
+`python -m results throughput` runs on a machine whose TensorFlow sees a GPU.
 """
 
 DASH = "—"

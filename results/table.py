@@ -274,8 +274,10 @@ def not_yet_run_row(name, measured):
             row[f"estimated_hours_{key}"], row[f"{key}_measurement"] = None, "not measured"
         else:
             ips = float(found["images_per_second"])
+            batch = throughput.measured_batch(found)
+            at = "" if batch in (None, s["batch_size"]) else f" at batch {batch}, not the recipe's {s['batch_size']}"
             row[f"estimated_hours_{key}"] = round(s["epochs"] * train_images / ips / 3600, 2)
-            row[f"{key}_measurement"] = f"{ips:,.0f} images/s, {found['machine']}, {found['measured']}"
+            row[f"{key}_measurement"] = f"{ips:,.0f} images/s{at}, {found['machine']}, {found['measured']}"
     return row
 
 

@@ -64,6 +64,15 @@ def latest(rows, model, machine_kind):
     return max(found, key=lambda r: r["measured"]) if found else None
 
 
+def measured_batch(row):
+    """The batch a row was measured at, read from its command's --batch (None where it names none)."""
+    try:
+        words = shlex.split(row["command"])
+        return int(words[words.index("--batch") + 1])
+    except (ValueError, IndexError):
+        return None
+
+
 def this_machine():
     """The GPU the step runs on (one), named from TensorFlow's device details, or execution.machine()'s CPU."""
     import tensorflow as tf
@@ -77,8 +86,9 @@ def this_machine():
     return execution.machine()
 
 
-def measure(name, batch=None, steps=100, warmup=5):
-    """Images per second of `name`'s training step at the recipe's batch (or `batch`), on one device."""
+def measure(name, batch=None, steps=100, warmup=5, steps_per_execution=None):
+    """Images per second of `name`'s training step at the recipe's batch (or `batch`), on one device,
+    `steps_per_execution` steps per call into TensorFlow (None: train.py's default)."""
     import distribute
     import settings
     from errors import TrainError
@@ -86,7 +96,7 @@ def measure(name, batch=None, steps=100, warmup=5):
     train_speed = importlib.import_module("bench.train_speed")
     batch = batch or settings.resolve_settings(name)[0]["batch_size"]
     try:
-        result = train_speed.measure(name, batch, steps, warmup, devices=1)
+        result = train_speed.measure(name, batch, steps, warmup, devices=1, steps_per_execution=steps_per_execution)
     except (TrainError, distribute.DistributeError) as e:
         raise ResultsError(str(e)) from None
     except SystemExit as e:  # train_speed refuses some settings this way, with its own "error: " line
@@ -94,7 +104,7 @@ def measure(name, batch=None, steps=100, warmup=5):
     return result["img_per_s"], batch
 
 
-def run(names, out, batch=None, steps=100, warmup=5):
+def run(names, out, batch=None, steps=100, warmup=5, steps_per_execution=None):
     """Measures each model and writes its row into `out` (replacing an earlier row of that model and
     this machine). Several models are measured one after the other, each in a process of its own:
     TensorFlow keeps much of a big model's memory after its last step (a ResNet-1202 left 17 GB of
@@ -103,11 +113,12 @@ def run(names, out, batch=None, steps=100, warmup=5):
     of the models measured before it stopped."""
     out = Path(out)
     rows = read(out)  # a garbled file is refused before minutes of measuring
+    spe = ["--steps-per-execution", str(steps_per_execution)] if steps_per_execution else []
     if len(names) > 1:
         failed = []
         for name in names:
             command = [sys.executable, "-m", "results", "throughput", "--models", name, "--steps", str(steps),
-                       "--warmup", str(warmup), "--out", str(out), "--in-list",
+                       "--warmup", str(warmup), "--out", str(out), "--in-list", *spe,
                        *(["--batch", str(batch)] if batch else [])]
             path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
             code = run_child(command, env={**os.environ, "PYTHONPATH": path})
@@ -117,9 +128,9 @@ def run(names, out, batch=None, steps=100, warmup=5):
             raise ResultsError(f"measuring {', '.join(failed)} failed; {out} has the other models' rows")
         return
     (name,) = names
-    ips, used_batch = measure(name, batch, steps, warmup)
+    ips, used_batch = measure(name, batch, steps, warmup, steps_per_execution)
     command = ["python", "-m", "results", "throughput", "--models", name, "--batch", str(used_batch),
-               "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
+               "--steps", str(steps), "--warmup", str(warmup), *spe, "--out", str(out)]
     machine = this_machine()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, FIELDS, merge(rows, [{"model": name, "machine": machine, "images_per_second": ips,

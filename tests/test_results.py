@@ -270,6 +270,8 @@ def test_bad_input_is_refused_with_one_line(tiny_runs, tmp_path, capsys):
     err = one_line_error(capsys, ["throughput", "--models", "lenet5", "--out", str(out / "t.csv")])
     assert "unknown model 'lenet5'" in err
     assert "is a folder" in one_line_error(capsys, ["throughput", "--models", "lenet", "--out", str(tmp_path)])
+    err = one_line_error(capsys, ["throughput", "--models", "lenet", "--steps-per-execution", "0", "--out", str(out / "t.csv")])
+    assert "--steps-per-execution >= 1" in err
 
 
 def files_of(folder):
@@ -376,7 +378,9 @@ def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
     assert row["command"].startswith("python -m results throughput --models lenet --batch 128 --steps 2")
     gpu = {"model": "lenet", "machine": "GPU: Example GPU", "images_per_second": "100000.0",
            "command": "by hand, for this test", "measured": "2026-01-01"}
-    runs.write_csv(csv_path, throughput.FIELDS, throughput.merge(read_csv(csv_path), [gpu]))
+    smaller = {"model": "resnet56", "machine": row["machine"], "images_per_second": "150.0",  # not the recipe's 128
+               "command": "python -m results throughput --models resnet56 --batch 64 --steps 2", "measured": "2026-01-01"}
+    runs.write_csv(csv_path, throughput.FIELDS, throughput.merge(read_csv(csv_path), [gpu, smaller]))
     assert cli.main(["build", "--out", str(out)]) == 0
     rows = {r["model"]: r for r in read_csv(out / "table.csv")}
     assert len(rows) == len(models.list_models()) and {r["status"] for r in rows.values()} == {"not yet run"}
@@ -384,6 +388,9 @@ def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
     assert float(rows["lenet"]["estimated_hours_cpu"]) == round(images / ips / 3600, 2)
     assert float(rows["lenet"]["estimated_hours_gpu"]) == round(images / 100_000 / 3600, 2)
     assert rows["resnet20"]["cpu_measurement"] == rows["resnet20"]["gpu_measurement"] == "not measured"
+    assert float(rows["resnet56"]["estimated_hours_cpu"]) == round(images / 150 / 3600, 2)
+    assert rows["resnet56"]["cpu_measurement"].startswith("150 images/s at batch 64, not the recipe's 128, ")
+    assert "images/s, " in rows["lenet"]["cpu_measurement"] and "batch" not in rows["lenet"]["cpu_measurement"]
     assert "| resnet20 | 200 | step 0.1, x0.1 at 81, 122 | 128 | 0.0001 | not measured | not measured |" in \
         (out / "README.md").read_text()
 
@@ -393,10 +400,12 @@ def test_a_throughput_list_measures_each_model_apart_past_a_failing_one(tmp_path
     failing one is named at the end, the others measured."""
     csv_path = tmp_path / "throughput.csv"
     with pytest.raises(runs.ResultsError, match=r"measuring lenet5 \(exit status 2\) failed; .* other models' rows"):
-        throughput.run(["lenet5", "lenet"], csv_path, steps=2, warmup=1)
+        throughput.run(["lenet5", "lenet"], csv_path, steps=2, warmup=1, steps_per_execution=1)
     (row,) = read_csv(csv_path)
     assert row["model"] == "lenet" and float(row["images_per_second"]) > 0
-    assert row["command"] == f"python -m results throughput --models lenet --batch 128 --steps 2 --warmup 1 --out {csv_path}"
+    assert row["command"] == (f"python -m results throughput --models lenet --batch 128 --steps 2 --warmup 1 "
+                              f"--steps-per-execution 1 --out {csv_path}")
+    assert throughput.measured_batch(row) == 128
 
 
 def test_a_readme_no_build_wrote_is_never_replaced(tiny_runs, tmp_path, capsys):
