@@ -695,3 +695,17 @@ def test_committed_comparisons_are_what_their_run_files_give(folder):
         for key, value in row.items():
             if key not in ("backend", "precision"):
                 assert float(match[key]) == pytest.approx(float(value), abs=1e-9), (folder, row["backend"], key)
+
+
+def test_the_committed_crosscheck_table_is_what_its_run_files_give(tmp_path, capsys):
+    """results/crosscheck/results.csv is `results.crosscheck summary` of the committed runs it names
+    (its own runs/ and the 200-epoch train.py run in results/runs/), byte for byte."""
+    from results import crosscheck
+    folder = ROOT / "results" / "crosscheck"
+    runs_given = sorted(str(p) for p in (folder / "runs").iterdir()) + [str(ROOT / "results" / "runs" / "resnet20-seed0")]
+    assert crosscheck.main(["summary", *runs_given, "--csv", str(tmp_path / "results.csv")]) == 0
+    assert (tmp_path / "results.csv").read_text() == (folder / "results.csv").read_text()
+    table = capsys.readouterr().out
+    readme = (folder / "README.md").read_text()
+    for line in table.splitlines()[2:]:  # each row of the summary appears in the README as it prints
+        assert line in readme, line
