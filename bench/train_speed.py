@@ -22,6 +22,7 @@ batch norm, the batches from numpy_pipeline.py, --devices over keras.distributio
 import argparse
 import importlib
 import json
+import math
 import time
 
 import keras
@@ -111,6 +112,13 @@ def prepare(model_name, batch, steps, warmup, seed=0, mixed_precision=False, dat
     return model, dataset, setup
 
 
+def rate(images_per_second):
+    """Images per second to one decimal, or to three significant figures below 100 (a model measured
+    at 0.14 images/s must not be written down as 0.1, a 40 % error in every estimate made from it)."""
+    x = float(images_per_second)
+    return round(x, max(1, 2 - math.floor(math.log10(x)))) if x > 0 else x
+
+
 def measure(model_name, batch, steps, warmup, **options):
     """Images per second over the steps after the warm-up, timed as the steps end (see StepClock)."""
     model, dataset, setup = prepare(model_name, batch, steps, warmup, **options)
@@ -120,9 +128,9 @@ def measure(model_name, batch, steps, warmup, **options):
     steps_timed, seconds = np.diff(ticks[:, 0]), np.diff(ticks[:, 1])
     return {
         **setup,
-        "img_per_s": round(steps_timed.sum() * batch / seconds.sum(), 1),
-        "median_step_img_per_s": round(float(np.median(steps_timed * batch / seconds)), 1),
-        "execution_img_per_s": [round(float(r), 1) for r in steps_timed * batch / seconds],  # in order: a trend shows
+        "img_per_s": rate(steps_timed.sum() * batch / seconds.sum()),
+        "median_step_img_per_s": rate(np.median(steps_timed * batch / seconds)),
+        "execution_img_per_s": [rate(r) for r in steps_timed * batch / seconds],  # in order: a trend shows
     }
 
 

@@ -49,7 +49,8 @@ measurement of that model on that kind of machine. A figure measured at another 
 recipe's says so: on the 2-core CPUs (24 GiB) DenseNet-BC-190-40 and DenseNet-BC-250-24 are killed
 for memory at their batch of 64 (`BENCHMARKS.md`, "The biggest models on 24 GiB"). Models whose
 step takes minutes (the ResNeXts' grouped convolutions, `BENCHMARKS.md`, "Grouped convolution")
-are timed one step per call (`--steps-per-execution 1`). The GPU column fills in when
+are timed one step per call (`--steps-per-execution 1`), the 8x64d and 16x64d at batch 32, whose
+step takes 1 and 4 minutes there. The GPU column fills in when
 `python -m results throughput` runs on a machine whose TensorFlow sees a GPU.
 """
 

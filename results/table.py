@@ -259,6 +259,12 @@ def finished_row(runs):
     }
 
 
+def rate_text(images_per_second):
+    """Whole images per second, or two significant figures below ten (a 1.7 images/s model is not a
+    2 images/s one, nor a 0.14 images/s one a 0.1 images/s one)."""
+    return f"{images_per_second:.2g}" if images_per_second < 10 else f"{images_per_second:,.0f}"
+
+
 def not_yet_run_row(name, measured):
     """A registered model without a finished run: its reference recipe, and how long that would
     train on a CPU and on one GPU at the throughput measured for it (throughput.csv)."""
@@ -277,7 +283,7 @@ def not_yet_run_row(name, measured):
             batch = throughput.measured_batch(found)
             at = "" if batch in (None, s["batch_size"]) else f" at batch {batch}, not the recipe's {s['batch_size']}"
             row[f"estimated_hours_{key}"] = round(s["epochs"] * train_images / ips / 3600, 2)
-            row[f"{key}_measurement"] = f"{ips:,.0f} images/s{at}, {found['machine']}, {found['measured']}"
+            row[f"{key}_measurement"] = f"{rate_text(ips)} images/s{at}, {found['machine']}, {found['measured']}"
     return row
 
 

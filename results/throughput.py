@@ -135,4 +135,4 @@ def run(names, out, batch=None, steps=100, warmup=5, steps_per_execution=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, FIELDS, merge(rows, [{"model": name, "machine": machine, "images_per_second": ips,
                                         "command": shlex.join(command), "measured": time.strftime("%Y-%m-%d")}]))
-    print(f"{name}: {ips:,.1f} images/s at batch {used_batch} on {machine}", flush=True)
+    print(f"{name}: {ips:,} images/s at batch {used_batch} on {machine}", flush=True)

@@ -85,6 +85,11 @@ def test_epoch_time_summary_pools_runs_and_counts_stalls_and_epochs_within_the_g
     assert summary["stalls"] == 1  # 10.6 - 6.5 > 2 s; the others differ by 0.3
 
 
+def test_rates_keep_three_significant_figures_below_a_hundred():
+    assert [train_speed.rate(x) for x in (21416.27, 338.04, 99.87, 1.7123, 0.13749, 0.0)] == \
+        [21416.3, 338.0, 99.9, 1.71, 0.137, 0.0]
+
+
 def test_train_speed_measures_train_py_step_and_names_the_backend():
     result = train_speed.measure("lenet", batch=8, steps=2, warmup=1, steps_per_execution=1)
     assert (result["backend"], result["jit"], result["batch_norm"], result["steps_timed"]) == ("tensorflow", False,

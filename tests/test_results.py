@@ -380,7 +380,9 @@ def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
            "command": "by hand, for this test", "measured": "2026-01-01"}
     smaller = {"model": "resnet56", "machine": row["machine"], "images_per_second": "150.0",  # not the recipe's 128
                "command": "python -m results throughput --models resnet56 --batch 64 --steps 2", "measured": "2026-01-01"}
-    runs.write_csv(csv_path, throughput.FIELDS, throughput.merge(read_csv(csv_path), [gpu, smaller]))
+    slow = {"model": "resnet110", "machine": row["machine"], "images_per_second": "1.7",
+            "command": "python -m results throughput --models resnet110 --steps 2", "measured": "2026-01-01"}
+    runs.write_csv(csv_path, throughput.FIELDS, throughput.merge(read_csv(csv_path), [gpu, smaller, slow]))
     assert cli.main(["build", "--out", str(out)]) == 0
     rows = {r["model"]: r for r in read_csv(out / "table.csv")}
     assert len(rows) == len(models.list_models()) and {r["status"] for r in rows.values()} == {"not yet run"}
@@ -390,6 +392,7 @@ def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
     assert rows["resnet20"]["cpu_measurement"] == rows["resnet20"]["gpu_measurement"] == "not measured"
     assert float(rows["resnet56"]["estimated_hours_cpu"]) == round(images / 150 / 3600, 2)
     assert rows["resnet56"]["cpu_measurement"].startswith("150 images/s at batch 64, not the recipe's 128, ")
+    assert rows["resnet110"]["cpu_measurement"].startswith("1.7 images/s, ")  # tenths below ten
     assert "images/s, " in rows["lenet"]["cpu_measurement"] and "batch" not in rows["lenet"]["cpu_measurement"]
     assert "| resnet20 | 200 | step 0.1, x0.1 at 81, 122 | 128 | 0.0001 | not measured | not measured |" in \
         (out / "README.md").read_text()
