@@ -58,9 +58,12 @@ DASH = "—"
 
 
 def duration(seconds):
-    """h:mm from an hour up, minutes below."""
+    """Whole hours from 100 hours up (the estimates' minutes would be noise), h:mm from an hour,
+    minutes below."""
     if seconds is None:
         return DASH
+    if seconds >= 100 * 3600:
+        return f"{round(seconds / 3600):,} h"
     if seconds >= 3600:
         hours, minutes = divmod(round(seconds / 60), 60)
         return f"{hours}:{minutes:02d} h"

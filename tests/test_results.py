@@ -22,7 +22,7 @@ import train
 from conftest import ROOT
 from errors import TrainError
 from results import __main__ as cli
-from results import runs, table, throughput
+from results import report, runs, table, throughput
 from settings import SETTINGS
 from settings import resolve_settings
 
@@ -396,6 +396,12 @@ def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
     assert "images/s, " in rows["lenet"]["cpu_measurement"] and "batch" not in rows["lenet"]["cpu_measurement"]
     assert "| resnet20 | 200 | step 0.1, x0.1 at 81, 122 | 128 | 0.0001 | not measured | not measured |" in \
         (out / "README.md").read_text()
+
+
+def test_durations_are_minutes_then_hours_and_minutes_then_whole_hours():
+    assert [report.duration(s) for s in (None, 150, 1_500, 3_600, 7_890, 99 * 3600 + 1_799, 100 * 3600,
+                                         7_940_123)] == \
+        ["—", "2.5 min", "25 min", "1:00 h", "2:12 h", "99:30 h", "100 h", "2,206 h"]
 
 
 def test_a_throughput_list_measures_each_model_apart_past_a_failing_one(tmp_path):
