@@ -149,6 +149,8 @@ class RunFolder:
                      and ((p / "state.json").is_file() or (p / "checkpoints").is_dir())), None)
         if host is not None:
             raise TrainError(f"run folder {self.path} is inside the run folder {host}; give a folder outside it")
+        if self.path.exists() and not self.path.is_dir():
+            raise TrainError(f"run folder {self.path} is a file, not a folder; give a folder's path")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -164,6 +164,9 @@ def test_unusable_run_folders(tiny_cifar, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert train.main(tiny_args(root, tmp_path / "file" / "run")) == 2
     assert "error: cannot write to run folder" in capsys.readouterr().err
+    assert train.main(tiny_args(root, tmp_path / "file")) == 2
+    assert capsys.readouterr().err == f"error: run folder {tmp_path / 'file'} is a file, not a folder; give a folder's path\n"
+    assert (tmp_path / "file").read_text() == ""  # left as it was
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "thesis.tex").write_text("")
     assert train.main(tiny_args(root, tmp_path / "busy")) == 2
