@@ -222,7 +222,9 @@ def data_text(config):
         parts.append(f"{d['train_images']}/{d['val_images']}/{d['test_images']} train/val/test images")
     parts += [f"{k} {v[:12]}" for k, v in sorted(d.items())
               if isinstance(v, str) and k != "val_indices_sha256" and ("md5" in k or "sha" in k)]
-    if isinstance(d.get("val_indices_sha256"), str):
+    if d.get("val_images") == 0:
+        parts.append("no val split")  # its fingerprint would be the empty list's, shared by every such run
+    elif isinstance(d.get("val_indices_sha256"), str):
         parts.append(f"val split {d['val_indices_sha256'][:8]}")
     return ", ".join(parts)
 

@@ -103,6 +103,9 @@ def test_rows_are_the_mean_and_std_of_the_runs_metrics(built, tiny_runs):
     config = json.loads((tiny_runs / "exp" / "lenet-seed0" / "config.json").read_text())
     assert row["data"].startswith("cifar-10-batches-py, 160/40/40 train/val/test images, ")
     assert row["data"].endswith(f", val split {config['data']['val_indices_sha256'][:8]}")
+    no_split = {**config["data"], "val_images": 0, "val_indices_sha256": "e3b0c442" + "0" * 56}
+    text = table.data_text({"data": no_split})
+    assert " 160/0/40 train/val/test images, " in text and text.endswith(", no val split") and "e3b0" not in text
     assert "--seed S" in row["command"] and "lenet-seedS" in row["command"] and row["command"].endswith("(S = 0, 1)")
     single = finished[1]
     assert single["val_accuracy_std"] == "" and single["test_accuracy_std"] == ""  # one run has no spread
