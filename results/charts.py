@@ -50,7 +50,8 @@ def _figure(count):
 
 
 def accuracy_vs_time(groups, path):
-    """One point per run: the test accuracy of its validation-chosen epoch against its wall time."""
+    """One point per run: the test accuracy of its validation-chosen epoch against its wall time.
+    Returns the legend's labels, one per row."""
     points = [(g, r) for g in groups for r in g if isinstance(r.metrics.get("wall_seconds"), (int, float))]
     unit, unit_name = _time_unit([r.metrics["wall_seconds"] for _, r in points] or [1])
     fig, ax = _figure(len(groups))
@@ -59,8 +60,12 @@ def accuracy_vs_time(groups, path):
         if not timed:
             continue
         row = {"model": runs[0].model, "variant": table.variant(runs)}
+        precisions = sorted({(r.config.get("execution") or {}).get("precision") for r in runs}
+                            - {"float32", None})  # float32 unless said, as in the tables
+        said = "".join(f", {p}" for p in precisions)
         ax.scatter([r.metrics["wall_seconds"] / unit for r in timed], [r.metrics["test_accuracy"] * 100 for r in timed],
-                   s=36, alpha=0.85, label=f"{table.label(row)}, {len(timed)} run{'s' * (len(timed) > 1)}", **_style(i))
+                   s=36, alpha=0.85, label=f"{table.label(row)}, {len(timed)} run{'s' * (len(timed) > 1)}{said}",
+                   **_style(i))
     ax.set_xscale("log")
     # Plain numbers (4, 40, 400), not powers of ten: the axis spans few decades, and a narrow span
     # gets labelled minor ticks that would otherwise read 4.4x10^0.
@@ -71,9 +76,11 @@ def accuracy_vs_time(groups, path):
            title="CIFAR-10: test accuracy against training time")
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(groups))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
     fig.tight_layout()
     runfolder.save_figure(fig, path)
     plt.close(fig)
+    return labels
 
 
 def curves(groups, path):

@@ -370,6 +370,19 @@ def test_charts_are_written(built):
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
 
 
+def test_the_chart_legend_names_a_precision_other_than_float32(tmp_path):
+    """As the tables do: float32 unless said (the committed runs hold one mixed_bfloat16 run)."""
+    from results import charts
+    groups = table.group_runs(runs.load_copied(ROOT / "results"))
+    precisions = {table.label({"model": g[0].model, "variant": table.variant(g)}):
+                  {r.config["execution"]["precision"] for r in g} for g in groups}
+    labels = charts.accuracy_vs_time(groups, tmp_path / "chart.png")
+    assert len(labels) == len(groups) and any(p != {"float32"} for p in precisions.values())
+    for label, (name, p) in zip(labels, precisions.items()):
+        assert label.startswith(f"{name}, ") and label.endswith("".join(f", {x}" for x in sorted(p - {"float32"})))
+        assert ("float32" in label) is False and ("mixed_bfloat16" in label) == ("mixed_bfloat16" in p)
+
+
 def test_throughput_of_lenet_and_the_estimates_made_from_it(tmp_path):
     """A real measurement (a couple of steps), then the not-yet-run row's estimate divided by it."""
     out = tmp_path / "results"
