@@ -35,7 +35,8 @@ def build_parser():
     z = sub.add_parser("zoo", help="train every model matching PATTERN with its recipe over SEEDS (resumable), "
                                     "then build the table from those runs")
     z.add_argument("--models", nargs="+", default=["*"], metavar="PATTERN", help="registry patterns (default: all)")
-    z.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    z.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="one run of each model per seed (default 0 1); a row reports mean ± std over them")
     z.add_argument("--runs-dir", default="runs/zoo", help="where the run folders go (default runs/zoo): rerun to resume")
     z.add_argument("--out", default="results", help="the table's folder (default results)")
     z.add_argument("--data-dir", help="as train.py's")
